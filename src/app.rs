@@ -1,0 +1,330 @@
+//! Wiring of `vigie run`: builds the first snapshot, starts every service as a task
+//! under one `CancellationToken` + `JoinSet` (DNS filter, admin listener, reload
+//! watcher, upkeep), reloads the snapshot on SIGHUP and file changes, and on Ctrl-C /
+//! SIGTERM stops accepting, lets in-flight queries finish and flushes the audit queue.
+//!
+//! Nothing here decides or answers anything: it only owns lifetimes.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics;
+use crate::snapshot::{Snapshot, SnapshotStore};
+
+/// Quiet time after the last file event before a reload starts: editors and list
+/// updaters write in several steps.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(500);
+/// How long shutdown waits for in-flight work before giving up on it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often rate-limit state is pruned and gauges refreshed.
+const UPKEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// What `vigie run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config: Option<PathBuf>,
+    pub dns_listen: SocketAddr,
+    /// Where the explicit proxy will listen (the proxy service is another issue).
+    pub proxy_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub upstreams: Vec<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Runs until Ctrl-C / SIGTERM.
+pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    metrics::init();
+    let cache_dir = opts.data_dir.as_ref().map(|d| d.join("cache"));
+    let snapshot = Snapshot::load(opts.config.as_deref(), cache_dir.as_deref())?;
+    publish_snapshot_metrics(&snapshot);
+    metrics::SNAPSHOT_BUILD_SECONDS.observe(snapshot.build_time.as_secs_f64());
+    tracing::info!(
+        version = snapshot.version,
+        domains = snapshot.lists.domains.len(),
+        "snapshot built in {:?} from {}",
+        snapshot.build_time,
+        snapshot.config.origin
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vigie")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(opts, snapshot, cache_dir))
+}
+
+async fn serve(opts: RunOptions, snapshot: Snapshot, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let store = Arc::new(SnapshotStore::new(snapshot));
+    let cancel = CancellationToken::new();
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let tracker = TaskTracker::new();
+
+    let audit_path = opts
+        .data_dir
+        .as_ref()
+        .or(store.load().config.data_dir.as_ref())
+        .map(|d| d.join("audit.jsonl"));
+    let (audit, writer) = crate::audit::open(audit_path.as_deref()).await?;
+    // The writer stops last, on its own token, so it drains what the services queued.
+    let audit_cancel = CancellationToken::new();
+    let audit_task = tokio::spawn(writer.run(audit_cancel.clone()));
+
+    let (handler, listeners) = crate::dns::setup(store.clone(), opts.dns_listen, &opts.upstreams, audit)?;
+    let dns_addr = listeners.local_addr();
+    listeners.serve(handler.clone(), &mut tasks, tracker.clone(), cancel.clone());
+
+    let admin = tokio::net::TcpListener::bind(opts.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen for admin on {}", opts.admin_listen))?;
+    let admin_addr = admin.local_addr()?;
+    tasks.spawn(serve_admin(admin, cancel.clone()));
+
+    tasks.spawn(reload_loop(store.clone(), opts.config.clone(), cache_dir, cancel.clone()));
+
+    let h = handler.clone();
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        let mut every = tokio::time::interval(UPKEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = c.cancelled() => break,
+                _ = every.tick() => h.maintain(),
+            }
+        }
+    });
+
+    tracing::info!(
+        "dns on {dns_addr} (udp+tcp), upstreams {}, admin on http://{admin_addr}",
+        handler_upstreams(&handler)
+    );
+    // Scripts and tests wait for this line (and read the ports from it).
+    println!("vigie ready: dns {dns_addr} admin {admin_addr}");
+
+    wait_for_shutdown(&cancel, &mut tasks).await;
+    tracing::info!("shutting down");
+    cancel.cancel();
+    tracker.close();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+        tracker.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
+        tasks.abort_all();
+    }
+    drop(handler);
+    audit_cancel.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, audit_task).await.is_err() {
+        tracing::warn!("audit queue not flushed within {SHUTDOWN_GRACE:?}");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn handler_upstreams(h: &crate::dns::Handler) -> String {
+    h.upstream_specs().iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Returns on Ctrl-C, SIGTERM, or a service task ending on its own (which means it
+/// failed: services only end when cancelled).
+async fn wait_for_shutdown(cancel: &CancellationToken, tasks: &mut JoinSet<()>) {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM: {e}");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+        _ = cancel.cancelled() => {}
+        Some(r) = tasks.join_next() => {
+            tracing::error!("a service stopped unexpectedly: {r:?}");
+        }
+    }
+}
+
+async fn serve_admin(listener: tokio::net::TcpListener, cancel: CancellationToken) {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|| async { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render()) }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    let shutdown = cancel.clone();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        tracing::error!("admin listener failed: {e}");
+    }
+}
+
+fn publish_snapshot_metrics(s: &Snapshot) {
+    metrics::SNAPSHOT_VERSION.set(s.version as i64);
+    metrics::LIST_ENTRIES.with_label_values(&["domain"]).set(s.lists.domains.len() as i64);
+    metrics::LIST_ENTRIES.with_label_values(&["url"]).set(s.lists.urls.len() as i64);
+    metrics::LIST_ENTRIES.with_label_values(&["ip"]).set(s.lists.ips.len() as i64);
+}
+
+/// Builds a new snapshot off the hot path and swaps it in; a snapshot that fails to
+/// build is rejected and the current one keeps serving.
+pub async fn reload(store: &SnapshotStore, config: Option<PathBuf>, cache_dir: Option<PathBuf>) -> bool {
+    let started = Instant::now();
+    let built = tokio::task::spawn_blocking(move || Snapshot::load(config.as_deref(), cache_dir.as_deref())).await;
+    let old = store.load();
+    match built {
+        Ok(Ok(next)) => {
+            metrics::SNAPSHOT_BUILD_SECONDS.observe(started.elapsed().as_secs_f64());
+            publish_snapshot_metrics(&next);
+            let version = next.version;
+            let _ = store.reload(|| Ok::<_, std::convert::Infallible>(next));
+            metrics::RELOAD_TOTAL.with_label_values(&["accepted"]).inc();
+            tracing::info!(version, previous = old.version, "reload accepted in {:?}", started.elapsed());
+            retire(old);
+            true
+        }
+        Ok(Err(e)) => {
+            metrics::RELOAD_TOTAL.with_label_values(&["rejected"]).inc();
+            tracing::error!(serving = old.version, "reload rejected, the current snapshot keeps serving:\n{e}");
+            false
+        }
+        Err(e) => {
+            metrics::RELOAD_TOTAL.with_label_values(&["rejected"]).inc();
+            tracing::error!(serving = old.version, "reload rejected: snapshot build failed: {e}");
+            false
+        }
+    }
+}
+
+/// Frees a replaced snapshot on a blocking thread once in-flight queries are done
+/// with it: freeing a million-name index on a DNS worker would stall its socket.
+fn retire(old: Arc<Snapshot>) {
+    tokio::spawn(async move {
+        for _ in 0..100 {
+            if Arc::strong_count(&old) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+    });
+}
+
+/// Files whose change triggers a reload: the config file and every list source.
+fn watched_paths(config: Option<&Path>, snap: &Snapshot) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    if let Some(c) = config {
+        out.insert(absolute(c));
+    }
+    for s in &snap.config.sources {
+        out.insert(absolute(&s.path));
+    }
+    out
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Watches `paths` (directories recursively; files through their directory, since
+/// editors replace files by renaming) and sends a unit per relevant change.
+fn watch(paths: &BTreeSet<PathBuf>, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let interesting = paths.clone();
+    let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        if matches!(ev.kind, EventKind::Access(_)) {
+            return;
+        }
+        if ev.paths.iter().any(|p| interesting.iter().any(|w| p.starts_with(w))) {
+            // A full channel already holds a pending reload: nothing is lost.
+            let _ = tx.try_send(());
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("cannot watch files for changes (SIGHUP still reloads): {e}");
+            return None;
+        }
+    };
+    let mut dirs = BTreeSet::new();
+    for p in paths {
+        if p.is_dir() {
+            dirs.insert((p.clone(), RecursiveMode::Recursive));
+        } else if let Some(parent) = p.parent() {
+            dirs.insert((parent.to_path_buf(), RecursiveMode::NonRecursive));
+        }
+    }
+    for (dir, mode) in dirs {
+        if let Err(e) = watcher.watch(&dir, mode) {
+            tracing::warn!("cannot watch {}: {e}", dir.display());
+        }
+    }
+    Some(watcher)
+}
+
+async fn reload_loop(store: Arc<SnapshotStore>, config: Option<PathBuf>, cache_dir: Option<PathBuf>, cancel: CancellationToken) {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let mut paths = watched_paths(config.as_deref(), &store.load());
+    let mut _watcher = watch(&paths, tx.clone());
+    #[cfg(unix)]
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot watch SIGHUP: {e}");
+            None
+        }
+    };
+    loop {
+        let by_signal = async {
+            #[cfg(unix)]
+            if let Some(h) = hup.as_mut() {
+                h.recv().await;
+                return;
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = by_signal => tracing::info!("SIGHUP: reloading"),
+            Some(()) = rx.recv() => {
+                // Debounce: wait until the files have been quiet for a moment.
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        more = rx.recv() => if more.is_none() { break },
+                        _ = tokio::time::sleep(RELOAD_DEBOUNCE) => break,
+                    }
+                }
+                tracing::info!("configuration or list files changed: reloading");
+            }
+        }
+        if reload(&store, config.clone(), cache_dir.clone()).await {
+            let now = watched_paths(config.as_deref(), &store.load());
+            if now != paths {
+                paths = now;
+                _watcher = watch(&paths, tx.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Record: every decision becomes an [`AuditEvent`] pushed onto a bounded queue, and
+//! one writer task drains the queue in batches to the store.
+//!
+//! The hot path never waits on the disk: [`AuditSink::record`] is a non-blocking
+//! `try_send`, and when the queue is full the event is counted in
+//! `vigie_audit_dropped_total` and logged (rate-limited), never silently lost. The
+//! store is a JSON-lines file for now (one event per line, append-only); the SQLite /
+//! PostgreSQL stores of a later issue replace [`Writer`] and keep this interface.
+//! This module does not decide what is worth recording: callers do.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics;
+
+/// Events the queue holds before new ones are dropped: about a second of a very
+/// busy school at full tilt, so a slow disk hiccup costs nothing.
+pub const QUEUE_CAPACITY: usize = 65_536;
+/// Most events written per batch (one write + one flush).
+const BATCH: usize = 1_024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open audit log {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One decision, as recorded.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditEvent {
+    pub time: DateTime<Utc>,
+    /// `dns` or `proxy`.
+    pub service: &'static str,
+    pub client_ip: IpAddr,
+    /// The identified user, when someone is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// How the identity was established (`network`, `default`, …).
+    pub identity: &'static str,
+    pub profile: String,
+    /// The name (DNS) or URL/host (proxy) asked for.
+    pub target: String,
+    /// DNS record type (`A`, `HTTPS`, …); absent for the proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qtype: Option<String>,
+    /// `allow`, `block` or `safe_search`.
+    pub verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// The rule that decided, in words (`eleves: block gambling`).
+    pub rule: String,
+    /// The list entry that matched (`casino.com`), if a list did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    /// For a name blocked through its CNAME chain: the blocked name in the chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// Time to answer, microseconds.
+    pub latency_us: u64,
+}
+
+/// The sending side of the audit queue; cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: mpsc::Sender<AuditEvent>,
+}
+
+/// Last time a "queue full" warning was logged (ms since process start), so a flood
+/// of drops logs once a second, not once an event.
+static LAST_DROP_LOG_MS: AtomicU64 = AtomicU64::new(0);
+
+impl AuditSink {
+    /// Queues `event`; when the queue is full, counts and drops it.
+    pub fn record(&self, event: AuditEvent) {
+        match self.tx.try_send(event) {
+            Ok(()) => metrics::AUDIT_EVENTS_TOTAL.inc(),
+            Err(mpsc::error::TrySendError::Full(_)) | Err(mpsc::error::TrySendError::Closed(_)) => {
+                metrics::AUDIT_DROPPED_TOTAL.inc();
+                let now = process_ms();
+                let last = LAST_DROP_LOG_MS.load(Ordering::Relaxed);
+                if now.saturating_sub(last) >= 1_000
+                    && LAST_DROP_LOG_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+                {
+                    tracing::warn!(
+                        dropped_total = metrics::AUDIT_DROPPED_TOTAL.get(),
+                        "audit queue full: events dropped (see vigie_audit_dropped_total)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A sink whose events go nowhere but into the returned receiver (tests).
+    pub fn channel(capacity: usize) -> (AuditSink, mpsc::Receiver<AuditEvent>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (AuditSink { tx }, rx)
+    }
+}
+
+fn process_ms() -> u64 {
+    static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64 + 1_000
+}
+
+/// Where events are written.
+enum Output {
+    File(tokio::io::BufWriter<tokio::fs::File>),
+    /// No data directory: events go to the log (stderr) under target `vigie::audit`.
+    Log,
+}
+
+/// The single task that owns the store and writes events in batches.
+pub struct Writer {
+    rx: mpsc::Receiver<AuditEvent>,
+    out: Output,
+}
+
+/// Creates the queue and its writer. `path` is the JSON-lines file (created, then
+/// appended to); `None` logs events instead.
+pub async fn open(path: Option<&Path>) -> Result<(AuditSink, Writer), AuditError> {
+    let out = match path {
+        Some(p) => {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                tokio::fs::create_dir_all(dir).await.map_err(|source| AuditError::Open {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+            }
+            let file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .await
+                .map_err(|source| AuditError::Open {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+            Output::File(tokio::io::BufWriter::new(file))
+        }
+        None => Output::Log,
+    };
+    let (sink, rx) = AuditSink::channel(QUEUE_CAPACITY);
+    Ok((sink, Writer { rx, out }))
+}
+
+impl Writer {
+    /// Writes batches until `cancel` fires, then drains what is queued and flushes,
+    /// so a clean shutdown loses nothing that was accepted.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let n = tokio::select! {
+                n = self.rx.recv_many(&mut batch, BATCH) => n,
+                _ = cancel.cancelled() => break,
+            };
+            if n == 0 {
+                break;
+            }
+            self.write(&mut batch).await;
+        }
+        // Stop accepting, then write what was accepted.
+        self.rx.close();
+        while let Ok(ev) = self.rx.try_recv() {
+            batch.push(ev);
+            if batch.len() >= BATCH {
+                self.write(&mut batch).await;
+            }
+        }
+        self.write(&mut batch).await;
+        if let Output::File(f) = &mut self.out
+            && let Err(e) = f.flush().await
+        {
+            tracing::error!("audit log flush failed at shutdown: {e}");
+        }
+    }
+
+    async fn write(&mut self, batch: &mut Vec<AuditEvent>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut buf = Vec::with_capacity(batch.len() * 256);
+        for ev in batch.iter() {
+            // Serialising a struct of strings and numbers cannot fail.
+            if serde_json::to_writer(&mut buf, ev).is_ok() {
+                buf.push(b'\n');
+            }
+        }
+        match &mut self.out {
+            Output::File(f) => {
+                let res = async {
+                    f.write_all(&buf).await?;
+                    f.flush().await
+                };
+                if let Err(e) = tokio::time::timeout(Duration::from_secs(10), res)
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::Error::other("write timed out")))
+                {
+                    metrics::AUDIT_WRITE_ERRORS_TOTAL.inc_by(batch.len() as u64);
+                    tracing::error!(events = batch.len(), "audit log write failed: {e}");
+                }
+            }
+            Output::Log => {
+                for line in String::from_utf8_lossy(&buf).lines() {
+                    tracing::info!(target: "vigie::audit", "{line}");
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u64) -> AuditEvent {
+        AuditEvent {
+            time: Utc::now(),
+            service: "dns",
+            client_ip: "10.0.0.1".parse().unwrap(),
+            user: None,
+            identity: "network",
+            profile: "eleves".into(),
+            target: format!("n{n}.example"),
+            qtype: Some("A".into()),
+            verdict: "block",
+            category: Some("gambling".into()),
+            rule: "eleves: block gambling".into(),
+            entry: Some("example".into()),
+            via: None,
+            latency_us: n,
+        }
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_and_counts() {
+        let (sink, _rx) = AuditSink::channel(2);
+        let before = metrics::AUDIT_DROPPED_TOTAL.get();
+        for i in 0..5 {
+            sink.record(event(i));
+        }
+        assert_eq!(metrics::AUDIT_DROPPED_TOTAL.get() - before, 3);
+    }
+
+    #[tokio::test]
+    async fn writer_drains_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/audit.jsonl");
+        let (sink, writer) = open(Some(&path)).await.unwrap();
+        let cancel = CancellationToken::new();
+        for i in 0..10 {
+            sink.record(event(i));
+        }
+        cancel.cancel();
+        writer.run(cancel).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 10);
+        let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(v["verdict"], "block");
+        assert_eq!(v["category"], "gambling");
+        assert_eq!(v["client_ip"], "10.0.0.1");
+    }
+}

@@ -1,0 +1,773 @@
+//! Configuration: one TOML file (or the embedded default), parsed with serde and
+//! validated into a typed, resolved [`Config`].
+//!
+//! Validation reports *every* problem it can find, each as
+//! `file:line:column: message`, with a suggestion where one fits, so an IT person
+//! fixes a file in one pass. This module does not compile lists or decide anything;
+//! `policy::Snapshot` builds on the `Config` it returns.
+
+mod schema;
+mod schedule;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono_tz::Tz;
+use ipnet::IpNet;
+use toml::Spanned;
+
+pub use schema::{Action, BlockMode, DEFAULT_CLIENT_NETWORKS, RawConfig, SafeSearch};
+pub use schedule::{Schedule, parse_days, parse_time_range};
+
+use crate::lists::{CatSet, CategoryId, SourceId, SourceSpec};
+
+/// The configuration used when no file is given: the three school profiles and the
+/// lists shipped in `blocklists/`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+/// How the embedded default names itself in messages.
+pub const EMBEDDED_NAME: &str = "<embedded default config>";
+
+pub type ProfileId = u16;
+
+/// One problem found in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+    }
+}
+
+/// Every problem found in a configuration; never empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<Diagnostic>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A category as the people using vigie see it.
+#[derive(Clone, Debug)]
+pub struct Category {
+    pub id: String,
+    pub fr: String,
+    pub en: String,
+    pub description_fr: Option<String>,
+    pub description_en: Option<String>,
+}
+
+/// An allow or deny override: a domain (matches its subdomains) or a URL prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Override {
+    Domain(String),
+    /// Host (normalised, without `www.`) and path prefix (starts with `/`).
+    Url { host: String, path: String },
+}
+
+impl fmt::Display for Override {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Override::Domain(d) => write!(f, "{d}"),
+            Override::Url { host, path } => write!(f, "{host}{path}"),
+        }
+    }
+}
+
+/// A category rule of a profile, optionally limited to a schedule.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub action: Action,
+    pub categories: CatSet,
+    pub schedule: Option<usize>,
+    /// 1-based line of the rule in the config, for explain traces.
+    pub line: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub name: String,
+    pub fr: String,
+    pub en: String,
+    /// Categories blocked at all times (scheduled `allow` rules may open them).
+    pub block: CatSet,
+    pub allow: Vec<Override>,
+    pub deny: Vec<Override>,
+    pub safe_search: SafeSearch,
+    pub block_mode: BlockMode,
+    pub bare_ip: Action,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Network {
+    pub net: IpNet,
+    pub profile: ProfileId,
+    pub name: Option<String>,
+}
+
+/// A validated configuration, with every name resolved to an index.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from, as given (or [`EMBEDDED_NAME`]).
+    pub origin: String,
+    pub timezone: Tz,
+    pub default_profile: ProfileId,
+    pub client_networks: Vec<IpNet>,
+    pub data_dir: Option<PathBuf>,
+    pub categories: Vec<Category>,
+    pub sources: Vec<SourceSpec>,
+    pub schedules: Vec<Schedule>,
+    pub profiles: Vec<Profile>,
+    /// Sorted most specific first, so the first match wins.
+    pub networks: Vec<Network>,
+    pub dns_upstreams: Vec<String>,
+    /// The DNS filter's settings (`[dns]`).
+    pub dns: DnsConfig,
+}
+
+/// Resolved `[dns]` settings; see `schema::RawDns` for what each means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub rate_limit_qps: u32,
+    pub rate_limit_burst: u32,
+    pub cache_size: u64,
+    pub cache_max_ttl: u32,
+    pub cache_negative_max_ttl: u32,
+    pub blocked_ttl: u32,
+    pub block_page_ipv4: Option<std::net::Ipv4Addr>,
+    pub block_page_ipv6: Option<std::net::Ipv6Addr>,
+    pub log_allowed: bool,
+    pub upstream_timeout: std::time::Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        let raw = schema::RawDns::default();
+        DnsConfig {
+            rate_limit_qps: raw.rate_limit_qps,
+            rate_limit_burst: raw.rate_limit_burst,
+            cache_size: raw.cache_size,
+            cache_max_ttl: raw.cache_max_ttl,
+            cache_negative_max_ttl: raw.cache_negative_max_ttl,
+            blocked_ttl: raw.blocked_ttl,
+            block_page_ipv4: None,
+            block_page_ipv6: None,
+            log_allowed: raw.log_allowed,
+            upstream_timeout: std::time::Duration::from_millis(raw.upstream_timeout_ms),
+        }
+    }
+}
+
+impl Config {
+    pub fn category_id(&self, name: &str) -> Option<CategoryId> {
+        self.categories
+            .iter()
+            .position(|c| c.id == name)
+            .map(|i| i as CategoryId)
+    }
+
+    pub fn profile_id(&self, name: &str) -> Option<ProfileId> {
+        self.profiles
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| i as ProfileId)
+    }
+
+    pub fn source(&self, id: SourceId) -> Option<&SourceSpec> {
+        self.sources.get(id as usize)
+    }
+}
+
+/// Reads and validates the configuration at `path`, or the embedded default.
+///
+/// `lists_dir` overrides the base directory of relative list paths (used to find the
+/// shipped `blocklists/` when running on the embedded default).
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                ConfigErrors(vec![Diagnostic {
+                    file: p.display().to_string(),
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot read configuration: {e}"),
+                }])
+            })?;
+            let base = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
+            parse(&text, &p.display().to_string(), &base)
+        }
+        None => parse(EMBEDDED_DEFAULT, EMBEDDED_NAME, &shipped_lists_dir()),
+    }
+}
+
+/// Where the lists shipped with vigie live: `$VIGIE_LISTS_DIR`, then
+/// `/usr/share/vigie/blocklists` and `<exe>/../share/vigie/blocklists` for installed
+/// copies, then `./blocklists`, then the source tree vigie was built from.
+pub fn shipped_lists_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("VIGIE_LISTS_DIR") {
+        return PathBuf::from(d);
+    }
+    let mut candidates = vec![PathBuf::from("/usr/share/vigie/blocklists")];
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        candidates.push(dir.join("../share/vigie/blocklists"));
+    }
+    candidates.push(PathBuf::from("blocklists"));
+    candidates
+        .into_iter()
+        .find(|c| c.join("ut1").is_dir())
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/blocklists")))
+}
+
+/// Parses and validates configuration text. `origin` names it in messages and
+/// `base_dir` resolves relative paths.
+pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    let mut v = Validator {
+        text,
+        origin,
+        diags: Vec::new(),
+    };
+    let raw = v.deserialize();
+    let config = raw.and_then(|raw| v.resolve(raw, base_dir));
+    match config {
+        Some(c) if v.diags.is_empty() => Ok(c),
+        _ => {
+            v.diags.sort_by_key(|d| (d.line, d.column));
+            Err(ConfigErrors(v.diags))
+        }
+    }
+}
+
+/// Collects diagnostics while turning the raw TOML into a [`Config`].
+struct Validator<'a> {
+    text: &'a str,
+    origin: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+/// Most unknown keys a single validation reports before giving up.
+const MAX_UNKNOWN_KEYS: usize = 100;
+
+impl Validator<'_> {
+    fn error_at(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.diags.push(Diagnostic {
+            file: self.origin.to_string(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    /// serde stops at the first error, but an operator wants every unknown key at
+    /// once: after each "unknown field" error the offending key/value is blanked out
+    /// (spaces, newlines kept so every position stays true) and parsing resumes.
+    fn deserialize(&mut self) -> Option<RawConfig> {
+        let mut src = self.text.to_string();
+        for _ in 0..MAX_UNKNOWN_KEYS {
+            match toml::from_str::<RawConfig>(&src) {
+                Ok(raw) => return self.diags.is_empty().then_some(raw),
+                Err(e) => {
+                    let span = e.span().unwrap_or(0..0);
+                    let message = describe_toml_error(&e, &src[span.clone()]);
+                    self.error_at(span.clone(), message);
+                    if !e.message().starts_with("unknown field") {
+                        return None;
+                    }
+                    match entry_extent(&src, span.start) {
+                        Some(range) => blank(&mut src, range),
+                        None => return None,
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn resolve(&mut self, raw: RawConfig, base_dir: &Path) -> Option<Config> {
+        let timezone = match raw.timezone.get_ref().parse::<Tz>() {
+            Ok(tz) => tz,
+            Err(_) => {
+                let name = raw.timezone.get_ref().clone();
+                let hint = suggest(&name, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()));
+                self.error_at(
+                    raw.timezone.span(),
+                    format!("unknown time zone \"{name}\"{hint}"),
+                );
+                chrono_tz::America::Toronto
+            }
+        };
+
+        let client_networks = raw
+            .client_networks
+            .iter()
+            .filter_map(|s| self.cidr(s))
+            .collect();
+
+        // Categories: declared ones, in order.
+        let mut categories: Vec<Category> = Vec::new();
+        for c in &raw.categories {
+            let id = c.id.get_ref();
+            if categories.iter().any(|k| &k.id == id) {
+                self.error_at(c.id.span(), format!("category \"{id}\" is defined twice"));
+                continue;
+            }
+            if !valid_ident(id) {
+                self.error_at(
+                    c.id.span(),
+                    format!("invalid category id \"{id}\": use lowercase letters, digits, '_' or '-'"),
+                );
+            }
+            categories.push(Category {
+                id: id.clone(),
+                fr: c.fr.clone(),
+                en: c.en.clone(),
+                description_fr: c.description_fr.clone(),
+                description_en: c.description_en.clone(),
+            });
+        }
+        if categories.len() > CatSet::MAX {
+            self.error_at(
+                0..0,
+                format!("too many categories ({}, at most {})", categories.len(), CatSet::MAX),
+            );
+        }
+        let names: Vec<String> = categories.iter().map(|c| c.id.clone()).collect();
+
+        let mut sources = Vec::new();
+        for (i, l) in raw.lists.iter().enumerate() {
+            let Some(category) = self.category(&names, &l.category, "list") else {
+                continue;
+            };
+            let rel = Path::new(l.path.get_ref());
+            let path = if rel.is_absolute() {
+                rel.to_path_buf()
+            } else {
+                raw.lists_dir
+                    .as_deref()
+                    .map(|d| {
+                        let d = Path::new(d);
+                        if d.is_absolute() { d.to_path_buf() } else { base_dir.join(d) }
+                    })
+                    .unwrap_or_else(|| base_dir.to_path_buf())
+                    .join(rel)
+            };
+            sources.push(SourceSpec {
+                id: i as SourceId,
+                path,
+                format: l.format,
+                category,
+                optional: l.optional,
+                exception: l.exception,
+            });
+        }
+
+        let mut schedules: Vec<Schedule> = Vec::new();
+        let schedule_names: Vec<String> = raw.schedules.keys().cloned().collect();
+        for (name, s) in &raw.schedules {
+            let mut sched = Schedule::new(name.clone());
+            for d in &s.days {
+                match parse_days(d.get_ref()) {
+                    Ok(mask) => sched.days |= mask,
+                    Err(msg) => self.error_at(d.span(), format!("in schedule \"{name}\": {msg}")),
+                }
+            }
+            if s.days.is_empty() {
+                self.error_at(0..0, format!("schedule \"{name}\" has no days"));
+            }
+            for t in &s.times {
+                match parse_time_range(t.get_ref()) {
+                    Ok(range) => sched.ranges.push(range),
+                    Err(msg) => self.error_at(t.span(), format!("in schedule \"{name}\": {msg}")),
+                }
+            }
+            if s.times.is_empty() {
+                sched.ranges.push((0, 24 * 60));
+            }
+            schedules.push(sched);
+        }
+
+        let profile_names: Vec<String> = raw.profiles.keys().cloned().collect();
+        let mut profiles = Vec::new();
+        for (name, p) in &raw.profiles {
+            let what = format!("profile \"{name}\"");
+            let mut block = CatSet::EMPTY;
+            for c in &p.block {
+                if let Some(id) = self.category(&names, c, &what) {
+                    block.insert(id);
+                }
+            }
+            let allow = p.allow.iter().filter_map(|o| self.override_entry(o)).collect();
+            let deny = p.deny.iter().filter_map(|o| self.override_entry(o)).collect();
+            let mut rules: Vec<(Rule, std::ops::Range<usize>)> = Vec::new();
+            for r in &p.rules {
+                let mut cats = CatSet::EMPTY;
+                for c in &r.categories {
+                    if let Some(id) = self.category(&names, c, &what) {
+                        cats.insert(id);
+                    }
+                }
+                let schedule = match &r.schedule {
+                    None => None,
+                    Some(s) => match schedule_names.iter().position(|n| n == s.get_ref()) {
+                        Some(i) => Some(i),
+                        None => {
+                            let hint = suggest(s.get_ref(), schedule_names.iter().map(String::as_str));
+                            self.error_at(
+                                s.span(),
+                                format!("unknown schedule \"{}\" in {what}{hint}", s.get_ref()),
+                            );
+                            continue;
+                        }
+                    },
+                };
+                let line = line_col(self.text, r.action.span().start).0;
+                rules.push((
+                    Rule {
+                        action: *r.action.get_ref(),
+                        categories: cats,
+                        schedule,
+                        line,
+                    },
+                    r.action.span(),
+                ));
+            }
+            self.check_rule_conflicts(name, &rules, &schedules, &names);
+            profiles.push(Profile {
+                name: name.clone(),
+                fr: p.fr.clone().unwrap_or_else(|| name.clone()),
+                en: p.en.clone().unwrap_or_else(|| name.clone()),
+                block,
+                allow,
+                deny,
+                safe_search: p.safe_search,
+                block_mode: p.block_mode,
+                bare_ip: p.bare_ip,
+                rules: rules.into_iter().map(|(r, _)| r).collect(),
+            });
+        }
+
+        let default_profile = self.profile(&profile_names, &raw.default_profile, "default_profile");
+
+        let mut networks = Vec::new();
+        for n in &raw.networks {
+            let net = self.cidr(&n.cidr);
+            let profile = self.profile(&profile_names, &n.profile, "network");
+            if let (Some(net), Some(profile)) = (net, profile) {
+                networks.push(Network {
+                    net,
+                    profile,
+                    name: n.name.clone(),
+                });
+            }
+        }
+        networks.sort_by_key(|n| std::cmp::Reverse(n.net.prefix_len()));
+
+        let dns_upstreams = raw.dns.upstreams.iter().map(|u| u.get_ref().clone()).collect();
+        let dns = self.dns(&raw.dns);
+
+        if !self.diags.is_empty() {
+            return None;
+        }
+        Some(Config {
+            origin: self.origin.to_string(),
+            timezone,
+            default_profile: default_profile?,
+            client_networks,
+            data_dir: raw.data_dir.map(|d| {
+                let d = PathBuf::from(d);
+                if d.is_absolute() { d } else { base_dir.join(d) }
+            }),
+            categories,
+            sources,
+            schedules,
+            profiles,
+            networks,
+            dns_upstreams,
+            dns,
+        })
+    }
+
+    fn dns(&mut self, raw: &schema::RawDns) -> DnsConfig {
+        let block_page_ipv4 = raw.block_page_ipv4.as_ref().and_then(|s| match s.get_ref().trim().parse() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.error_at(s.span(), format!("invalid IPv4 address \"{}\" for dns.block_page_ipv4", s.get_ref()));
+                None
+            }
+        });
+        let block_page_ipv6 = raw.block_page_ipv6.as_ref().and_then(|s| match s.get_ref().trim().parse() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.error_at(s.span(), format!("invalid IPv6 address \"{}\" for dns.block_page_ipv6", s.get_ref()));
+                None
+            }
+        });
+        if raw.rate_limit_qps > 0 && raw.rate_limit_burst == 0 {
+            self.error_at(0..0, "dns.rate_limit_burst must be at least 1 when dns.rate_limit_qps is set");
+        }
+        if raw.upstream_timeout_ms == 0 {
+            self.error_at(0..0, "dns.upstream_timeout_ms must be at least 1");
+        }
+        DnsConfig {
+            rate_limit_qps: raw.rate_limit_qps,
+            rate_limit_burst: raw.rate_limit_burst,
+            cache_size: raw.cache_size,
+            cache_max_ttl: raw.cache_max_ttl,
+            cache_negative_max_ttl: raw.cache_negative_max_ttl,
+            blocked_ttl: raw.blocked_ttl,
+            block_page_ipv4,
+            block_page_ipv6,
+            log_allowed: raw.log_allowed,
+            upstream_timeout: std::time::Duration::from_millis(raw.upstream_timeout_ms),
+        }
+    }
+
+    fn category(&mut self, names: &[String], c: &Spanned<String>, what: &str) -> Option<CategoryId> {
+        let name = c.get_ref();
+        match names.iter().position(|n| n == name) {
+            Some(i) => Some(i as CategoryId),
+            None => {
+                let hint = suggest(name, names.iter().map(String::as_str));
+                self.error_at(c.span(), format!("unknown category \"{name}\" in {what}{hint}"));
+                None
+            }
+        }
+    }
+
+    fn profile(&mut self, names: &[String], p: &Spanned<String>, what: &str) -> Option<ProfileId> {
+        let name = p.get_ref();
+        match names.iter().position(|n| n == name) {
+            Some(i) => Some(i as ProfileId),
+            None => {
+                let hint = suggest(name, names.iter().map(String::as_str));
+                self.error_at(p.span(), format!("unknown profile \"{name}\" in {what}{hint}"));
+                None
+            }
+        }
+    }
+
+    fn cidr(&mut self, s: &Spanned<String>) -> Option<IpNet> {
+        let text = s.get_ref().trim();
+        let parsed = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => Some(net.trunc()),
+            Err(_) => {
+                self.error_at(s.span(), format!("invalid CIDR \"{text}\" (expected e.g. 10.1.0.0/16 or fd00::/8)"));
+                None
+            }
+        }
+    }
+
+    fn override_entry(&mut self, o: &Spanned<String>) -> Option<Override> {
+        match parse_override(o.get_ref()) {
+            Ok(v) => Some(v),
+            Err(msg) => {
+                self.error_at(o.span(), msg);
+                None
+            }
+        }
+    }
+
+    /// Two rules of one profile that act oppositely on one category at overlapping
+    /// times would make the verdict depend on rule order: refuse them.
+    fn check_rule_conflicts(
+        &mut self,
+        profile: &str,
+        rules: &[(Rule, std::ops::Range<usize>)],
+        schedules: &[Schedule],
+        names: &[String],
+    ) {
+        for (j, (b, span)) in rules.iter().enumerate() {
+            for (a, _) in &rules[..j] {
+                if a.action == b.action {
+                    continue;
+                }
+                let common = a.categories.intersect(b.categories);
+                if common.is_empty() {
+                    continue;
+                }
+                let sa = a.schedule.and_then(|i| schedules.get(i));
+                let sb = b.schedule.and_then(|i| schedules.get(i));
+                let overlap = match (sa, sb) {
+                    (Some(x), Some(y)) => x.overlaps(y),
+                    _ => true,
+                };
+                if overlap {
+                    let cats: Vec<&str> = common
+                        .iter()
+                        .filter_map(|c| names.get(c as usize).map(String::as_str))
+                        .collect();
+                    self.error_at(
+                        span.clone(),
+                        format!(
+                            "rules for \"{}\" in profile \"{profile}\" overlap in time with opposite actions (the other rule is at line {})",
+                            cats.join("\", \""),
+                            a.line
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn valid_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Parses an allow/deny override: `example.com`, `*.example.com`,
+/// `example.com/path`, or `https://example.com/path`.
+pub fn parse_override(raw: &str) -> Result<Override, String> {
+    let s = raw.trim();
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .unwrap_or(s);
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let host = crate::lists::domain::normalize_host(host)
+        .map_err(|why| format!("invalid override \"{raw}\": {why}"))?;
+    if path.is_empty() || path == "/" {
+        Ok(Override::Domain(host))
+    } else {
+        let host = host.strip_prefix("www.").map(str::to_string).unwrap_or(host);
+        Ok(Override::Url {
+            host,
+            path: path.to_string(),
+        })
+    }
+}
+
+/// `" — did you mean \"x\"?"` when a close candidate exists, else `""`.
+pub fn suggest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+    let best = candidates
+        .map(|c| (strsim::damerau_levenshtein(word, c), c))
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((d, c)) if d > 0 && d <= (word.chars().count() / 3).max(2) => {
+            format!(" — did you mean \"{c}\"?")
+        }
+        _ => String::new(),
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// The toml crate's messages spell serde internals; say it the operator's way and
+/// suggest the closest known key.
+fn describe_toml_error(e: &toml::de::Error, at: &str) -> String {
+    let msg = e.message().trim();
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or(at);
+        let expected: Vec<&str> = rest
+            .split("expected ")
+            .nth(1)
+            .map(|tail| tail.split('`').skip(1).step_by(2).collect())
+            .unwrap_or_default();
+        let hint = suggest(field, expected.iter().copied());
+        let known = if expected.is_empty() {
+            String::new()
+        } else {
+            format!(" (known keys: {})", expected.join(", "))
+        };
+        return if hint.is_empty() {
+            format!("unknown key \"{field}\"{known}")
+        } else {
+            format!("unknown key \"{field}\"{hint}")
+        };
+    }
+    msg.replace('`', "\"").lines().next().unwrap_or(msg).to_string()
+}
+
+/// Byte range of the key/value (or `[table]` with its body) that starts at `start`.
+fn entry_extent(src: &str, start: usize) -> Option<std::ops::Range<usize>> {
+    let line_start = src[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_head = src[line_start..start].trim_start();
+    if line_head.starts_with('[') {
+        // A table header: blank it and its body, up to the next header.
+        let mut end = src.len();
+        let mut pos = src[start..].find('\n').map(|i| start + i + 1)?;
+        while pos < src.len() {
+            let next = src[pos..].find('\n').map(|i| pos + i + 1).unwrap_or(src.len());
+            if src[pos..next].trim_start().starts_with('[') {
+                end = pos;
+                break;
+            }
+            pos = next;
+        }
+        return Some(line_start..end);
+    }
+    let table = toml::de::DeTable::parse(src).ok()?;
+    find_value_end(table.get_ref(), start).map(|end| start..end)
+}
+
+fn find_value_end(table: &toml::de::DeTable<'_>, key_start: usize) -> Option<usize> {
+    for (k, v) in table.iter() {
+        if k.span().start == key_start {
+            return Some(v.span().end);
+        }
+        if let Some(end) = find_in_value(v.get_ref(), key_start) {
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn find_in_value(v: &toml::de::DeValue<'_>, key_start: usize) -> Option<usize> {
+    match v {
+        toml::de::DeValue::Table(t) => find_value_end(t, key_start),
+        toml::de::DeValue::Array(a) => a.iter().find_map(|x| find_in_value(x.get_ref(), key_start)),
+        _ => None,
+    }
+}
+
+fn blank(src: &mut String, range: std::ops::Range<usize>) {
+    // Multi-byte characters become several spaces so byte offsets stay true.
+    let replaced: String = src[range.clone()]
+        .chars()
+        .flat_map(|c| {
+            let (ch, n) = if c == '\n' { ('\n', 1) } else { (' ', c.len_utf8()) };
+            std::iter::repeat_n(ch, n)
+        })
+        .collect();
+    src.replace_range(range, &replaced);
+}
+
+#[cfg(test)]
+mod tests;

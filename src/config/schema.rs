@@ -1,0 +1,267 @@
+//! The TOML schema of vigie's configuration, as serde structs.
+//!
+//! Every struct denies unknown keys so a typo is an error, never a silently ignored
+//! setting. Values that later validation must point at (category names, CIDRs,
+//! times, time zone) are `Spanned` so errors carry `file:line:column`.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::lists::Format;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// IANA time zone in which schedules are read.
+    #[serde(default = "default_timezone")]
+    pub timezone: Spanned<String>,
+    /// Profile for clients that no network maps and nobody identified.
+    #[serde(default = "default_profile")]
+    pub default_profile: Spanned<String>,
+    /// Networks allowed to use vigie at all; everyone else is refused.
+    #[serde(default = "default_client_networks")]
+    pub client_networks: Vec<Spanned<String>>,
+    /// Base directory of relative list paths (default: the config file's directory,
+    /// or the shipped `blocklists/` for the embedded default).
+    #[serde(default)]
+    pub lists_dir: Option<String>,
+    /// Where vigie keeps its state (list cache, audit store).
+    #[serde(default)]
+    pub data_dir: Option<String>,
+    #[serde(default)]
+    pub categories: Vec<RawCategory>,
+    #[serde(default)]
+    pub lists: Vec<RawList>,
+    #[serde(default)]
+    pub schedules: indexmap::IndexMap<String, RawSchedule>,
+    #[serde(default)]
+    pub profiles: indexmap::IndexMap<String, RawProfile>,
+    #[serde(default)]
+    pub networks: Vec<RawNetwork>,
+    #[serde(default)]
+    pub dns: RawDns,
+}
+
+fn default_timezone() -> Spanned<String> {
+    Spanned::new(0..0, "America/Toronto".to_string())
+}
+
+fn default_profile() -> Spanned<String> {
+    Spanned::new(0..0, "invites".to_string())
+}
+
+/// Loopback and the private ranges: a school network, never the internet.
+pub const DEFAULT_CLIENT_NETWORKS: &[&str] = &[
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+    "fe80::/10",
+];
+
+fn default_client_networks() -> Vec<Spanned<String>> {
+    DEFAULT_CLIENT_NETWORKS
+        .iter()
+        .map(|s| Spanned::new(0..0, s.to_string()))
+        .collect()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCategory {
+    pub id: Spanned<String>,
+    /// French label (fr-CA), shown first on every screen.
+    pub fr: String,
+    /// English label.
+    pub en: String,
+    #[serde(default)]
+    pub description_fr: Option<String>,
+    #[serde(default)]
+    pub description_en: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawList {
+    pub path: Spanned<String>,
+    pub format: Format,
+    pub category: Spanned<String>,
+    #[serde(default)]
+    pub optional: bool,
+    /// Entries of this list are exceptions (allowlist) for its category.
+    #[serde(default)]
+    pub exception: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    /// e.g. `["mon-fri"]`, `["lun", "mer"]`.
+    pub days: Vec<Spanned<String>>,
+    /// e.g. `["08:00-11:30", "13:00-16:00"]`; absent = the whole day.
+    #[serde(default)]
+    pub times: Vec<Spanned<String>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SafeSearch {
+    #[default]
+    Off,
+    /// Search engines in safe mode, YouTube restricted moderately.
+    Moderate,
+    /// Search engines in safe mode, YouTube strictly restricted.
+    Strict,
+}
+
+/// How a blocked name is answered by the DNS filter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockMode {
+    /// A/AAAA point at vigie's block page, so a browser shows why.
+    #[default]
+    Page,
+    Nxdomain,
+    /// `0.0.0.0` / `::`.
+    Null,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    #[default]
+    Block,
+    Allow,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfile {
+    #[serde(default)]
+    pub fr: Option<String>,
+    #[serde(default)]
+    pub en: Option<String>,
+    /// Categories blocked at all times (unless a scheduled `allow` rule is active).
+    #[serde(default)]
+    pub block: Vec<Spanned<String>>,
+    /// Allow overrides: domains (suffix match) or URL prefixes. They beat everything.
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    /// Deny overrides: domains or URL prefixes, blocked whatever the lists say.
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub safe_search: SafeSearch,
+    #[serde(default)]
+    pub block_mode: BlockMode,
+    /// Whether a CONNECT or a request to a bare IP address is allowed.
+    #[serde(default)]
+    pub bare_ip: Action,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub action: Spanned<Action>,
+    pub categories: Vec<Spanned<String>>,
+    /// Name of a `[schedules.*]` entry; absent = always.
+    #[serde(default)]
+    pub schedule: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub cidr: Spanned<String>,
+    pub profile: Spanned<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// Upstream resolvers (`ip:port`, `tcp://ip:port`, `tls://ip:port#name`,
+    /// `https://ip:port/path#name`). Empty: the system's resolvers.
+    #[serde(default)]
+    pub upstreams: Vec<Spanned<String>>,
+    /// Queries per second one client IP may send; 0 turns the limit off.
+    #[serde(default = "default_rate_limit_qps")]
+    pub rate_limit_qps: u32,
+    /// Queries a client may send in one burst above its steady rate.
+    #[serde(default = "default_rate_limit_burst")]
+    pub rate_limit_burst: u32,
+    /// Most answers kept in the cache (positive and negative).
+    #[serde(default = "default_cache_size")]
+    pub cache_size: u64,
+    /// Longest time an upstream answer is cached, whatever its TTL says (seconds).
+    #[serde(default = "default_cache_max_ttl")]
+    pub cache_max_ttl: u32,
+    /// Longest time a negative answer (NXDOMAIN, no data) is cached (seconds).
+    #[serde(default = "default_cache_negative_max_ttl")]
+    pub cache_negative_max_ttl: u32,
+    /// TTL of the answers vigie gives for blocked names (seconds).
+    #[serde(default = "default_blocked_ttl")]
+    pub blocked_ttl: u32,
+    /// Address of vigie's block page for `block_mode = "page"` (A answers).
+    #[serde(default)]
+    pub block_page_ipv4: Option<Spanned<String>>,
+    /// Address of vigie's block page for `block_mode = "page"` (AAAA answers).
+    #[serde(default)]
+    pub block_page_ipv6: Option<Spanned<String>>,
+    /// Record allowed queries in the audit log too (default: blocked ones only).
+    #[serde(default)]
+    pub log_allowed: bool,
+    /// How long one query may wait for the upstreams before SERVFAIL (milliseconds).
+    #[serde(default = "default_upstream_timeout_ms")]
+    pub upstream_timeout_ms: u64,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        RawDns {
+            upstreams: Vec::new(),
+            rate_limit_qps: default_rate_limit_qps(),
+            rate_limit_burst: default_rate_limit_burst(),
+            cache_size: default_cache_size(),
+            cache_max_ttl: default_cache_max_ttl(),
+            cache_negative_max_ttl: default_cache_negative_max_ttl(),
+            blocked_ttl: default_blocked_ttl(),
+            block_page_ipv4: None,
+            block_page_ipv6: None,
+            log_allowed: false,
+            upstream_timeout_ms: default_upstream_timeout_ms(),
+        }
+    }
+}
+
+// A busy school device (a shared lab PC, a teacher's laptop opening many tabs) stays
+// well under 100 qps; a flood from one compromised device does not.
+fn default_rate_limit_qps() -> u32 {
+    200
+}
+fn default_rate_limit_burst() -> u32 {
+    400
+}
+fn default_cache_size() -> u64 {
+    100_000
+}
+fn default_cache_max_ttl() -> u32 {
+    86_400
+}
+// RFC 2308 §5 suggests one to three hours; Unbound uses one.
+fn default_cache_negative_max_ttl() -> u32 {
+    3_600
+}
+fn default_blocked_ttl() -> u32 {
+    60
+}
+fn default_upstream_timeout_ms() -> u64 {
+    2_000
+}

@@ -1,0 +1,188 @@
+use super::*;
+
+const BASE: &str = r#"
+[[categories]]
+id = "gambling"
+fr = "Jeux d'argent"
+en = "Gambling"
+
+[[categories]]
+id = "social_networks"
+fr = "Réseaux sociaux"
+en = "Social networks"
+
+[schedules.travail]
+days = ["mon-fri"]
+times = ["08:00-11:30", "13:00-16:00"]
+
+[profiles.eleves]
+block = ["gambling"]
+
+[profiles.invites]
+block = ["gambling", "social_networks"]
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text, "vigie.toml", Path::new("/etc/vigie")) {
+        Ok(_) => vec![],
+        Err(e) => e.0.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+#[test]
+fn base_config_is_valid() {
+    let c = parse(BASE, "vigie.toml", Path::new("/etc/vigie")).unwrap();
+    assert_eq!(c.profiles.len(), 2);
+    assert_eq!(c.timezone, chrono_tz::America::Toronto);
+    assert_eq!(c.profile_id("invites"), Some(c.default_profile));
+    assert_eq!(c.client_networks.len(), DEFAULT_CLIENT_NETWORKS.len());
+}
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = parse(EMBEDDED_DEFAULT, EMBEDDED_NAME, &shipped_lists_dir()).unwrap_or_else(|e| panic!("{e}"));
+    for p in ["eleves", "personnel", "invites"] {
+        assert!(c.profile_id(p).is_some(), "{p}");
+    }
+    assert_eq!(c.profiles[c.default_profile as usize].name, "invites");
+    for cat in ["adult", "gambling", "games", "vpn", "doh", "redirector", "social_networks", "chat", "agressif", "dating", "warez", "p2p", "tor"] {
+        assert!(c.category_id(cat).is_some(), "{cat}");
+    }
+}
+
+#[test]
+fn unknown_category_with_suggestion() {
+    let text = BASE.replace("block = [\"gambling\"]", "block = [\"gamblin\"]");
+    assert_eq!(
+        errors(&text),
+        vec![r#"vigie.toml:17:10: unknown category "gamblin" in profile "eleves" — did you mean "gambling"?"#]
+    );
+}
+
+#[test]
+fn every_unknown_key_is_reported() {
+    let text = format!("{BASE}\n[profiles.personnel]\nblok = [\"gambling\"]\nsafe_serch = \"strict\"\n");
+    let errs = errors(&text);
+    assert_eq!(
+        errs,
+        vec![
+            r#"vigie.toml:23:1: unknown key "blok" — did you mean "block"?"#,
+            r#"vigie.toml:24:1: unknown key "safe_serch" — did you mean "safe_search"?"#,
+        ]
+    );
+}
+
+#[test]
+fn unknown_top_level_table_and_key() {
+    let text = format!("colour = 3\n{BASE}\n[proxi]\nlisten = \"x\"\n");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].starts_with("vigie.toml:1:1: unknown key \"colour\""), "{errs:?}");
+    assert!(errs[1].starts_with("vigie.toml:23:2: unknown key \"proxi\""), "{errs:?}");
+}
+
+#[test]
+fn many_semantic_errors_at_once() {
+    let text = r#"timezone = "America/Toronot"
+client_networks = ["10.0.0.0/33"]
+
+[[categories]]
+id = "games"
+fr = "Jeux"
+en = "Games"
+
+[schedules.midi]
+days = ["mon-fri"]
+times = ["13:00-12:00"]
+
+[profiles.invites]
+block = ["game"]
+
+[[networks]]
+cidr = "10.1.0.0/16"
+profile = "eleve"
+"#;
+    assert_eq!(
+        errors(text),
+        vec![
+            r#"vigie.toml:1:12: unknown time zone "America/Toronot" — did you mean "America/Toronto"?"#.to_string(),
+            r#"vigie.toml:2:20: invalid CIDR "10.0.0.0/33" (expected e.g. 10.1.0.0/16 or fd00::/8)"#.to_string(),
+            r#"vigie.toml:11:10: in schedule "midi": time range "13:00-12:00" ends before it starts (a range cannot cross midnight: split it in two)"#.to_string(),
+            r#"vigie.toml:14:10: unknown category "game" in profile "invites" — did you mean "games"?"#.to_string(),
+            r#"vigie.toml:18:11: unknown profile "eleve" in network"#.to_string(),
+        ]
+    );
+}
+
+#[test]
+fn overlapping_opposite_rules_are_refused() {
+    let text = format!(
+        "{BASE}\n[schedules.midi]\ndays = [\"mon-fri\"]\ntimes = [\"11:00-13:00\"]\n\n[profiles.personnel]\n\n[[profiles.personnel.rules]]\naction = \"block\"\ncategories = [\"social_networks\"]\nschedule = \"travail\"\n\n[[profiles.personnel.rules]]\naction = \"allow\"\ncategories = [\"social_networks\"]\nschedule = \"midi\"\n"
+    );
+    let errs = errors(&text);
+    assert_eq!(
+        errs,
+        vec![
+            r#"vigie.toml:34:10: rules for "social_networks" in profile "personnel" overlap in time with opposite actions (the other rule is at line 29)"#
+        ]
+    );
+    // Lunch that starts when the morning ends does not overlap.
+    let ok = text.replace("11:00-13:00", "11:30-13:00");
+    assert_eq!(errors(&ok), Vec::<String>::new());
+}
+
+#[test]
+fn unknown_schedule_and_bad_day() {
+    let text = format!(
+        "{BASE}\n[schedules.x]\ndays = [\"funday\"]\n\n[profiles.personnel]\n[[profiles.personnel.rules]]\naction = \"block\"\ncategories = [\"gambling\"]\nschedule = \"travial\"\n"
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].starts_with("vigie.toml:23:9: in schedule \"x\": unknown day \"funday\""), "{errs:?}");
+    assert_eq!(errs[1], r#"vigie.toml:29:12: unknown schedule "travial" in profile "personnel" — did you mean "travail"?"#);
+}
+
+#[test]
+fn type_errors_are_located() {
+    let text = BASE.replace("block = [\"gambling\"]", "block = \"gambling\"");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("vigie.toml:17:9: invalid type"), "{errs:?}");
+}
+
+#[test]
+fn syntax_error_is_located() {
+    let errs = errors("timezone = \"America/Toronto\"\n[profiles.eleves\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("vigie.toml:2:"), "{errs:?}");
+}
+
+#[test]
+fn overrides_parse() {
+    assert_eq!(parse_override("Example.ORG."), Ok(Override::Domain("example.org".into())));
+    assert_eq!(parse_override("*.example.org"), Ok(Override::Domain("example.org".into())));
+    assert_eq!(
+        parse_override("https://www.site.com/cours/"),
+        Ok(Override::Url {
+            host: "site.com".into(),
+            path: "/cours/".into()
+        })
+    );
+    assert!(parse_override("bad host!/x").is_err());
+}
+
+#[test]
+fn networks_sorted_most_specific_first() {
+    let text = format!(
+        "{BASE}\n[[networks]]\ncidr = \"10.0.0.0/8\"\nprofile = \"invites\"\n\n[[networks]]\ncidr = \"10.1.0.0/16\"\nprofile = \"eleves\"\n"
+    );
+    let c = parse(&text, "vigie.toml", Path::new("/")).unwrap();
+    assert_eq!(c.networks[0].net.to_string(), "10.1.0.0/16");
+}
+
+#[test]
+fn relative_list_paths_resolve_against_lists_dir() {
+    let text = format!("lists_dir = \"lists\"\n{BASE}\n[[lists]]\ncategory = \"gambling\"\nformat = \"domains\"\npath = \"g.txt\"\n");
+    let c = parse(&text, "vigie.toml", Path::new("/etc/vigie")).unwrap();
+    assert_eq!(c.sources[0].path, Path::new("/etc/vigie/lists/g.txt"));
+}

@@ -1,0 +1,19 @@
+//! vigie: the content filter of a school's internet gateway — DNS filter and
+//! HTTP/HTTPS forward proxy in one process, deciding per person and profile and
+//! recording every decision.
+//!
+//! Every request takes one path: Identify (`identity`) → Classify (`lists`) →
+//! Decide (`policy`) → Act (`dns`, `proxy`) → Record (`audit`). All policy state
+//! lives in one immutable `snapshot::Snapshot`, swapped atomically on reload.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod audit;
+pub mod config;
+pub mod dns;
+pub mod identity;
+pub mod lists;
+pub mod metrics;
+pub mod policy;
+pub mod snapshot;

@@ -1,0 +1,317 @@
+//! The `vigie` command line: `run`, `check`, `lists`, `config`.
+//!
+//! Exit codes are part of the interface scripts rely on: `check` exits 0 when
+//! allowed, 1 when blocked, 2 on error; every other command exits 0 on success and
+//! 2 on error (1 for `config validate` finding problems).
+
+#![forbid(unsafe_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use clap::{Args, Parser, Subcommand};
+
+use vigie::config;
+use vigie::identity::{Identity, IdentitySource};
+use vigie::policy::{self, Request, Verdict};
+use vigie::snapshot::Snapshot;
+
+#[derive(Parser)]
+#[command(name = "vigie", version, about = "Content filter for school networks: DNS filter and web proxy")]
+struct Cli {
+    /// Configuration file (TOML). Absent: the embedded default configuration.
+    #[arg(long, global = true, value_name = "FILE", env = "VIGIE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the filter (DNS, proxy, admin) in the foreground.
+    Run(RunArgs),
+    /// Decide one URL, host or IP and print the verdict with its explain trace.
+    Check(CheckArgs),
+    /// Inspect the category lists.
+    #[command(subcommand)]
+    Lists(ListsCommand),
+    /// Validate or print configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// DNS listen address (UDP and TCP).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5353")]
+    dns_listen: SocketAddr,
+    /// Explicit proxy listen address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3128")]
+    proxy_listen: SocketAddr,
+    /// Admin web app and /metrics listen address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    admin_listen: SocketAddr,
+    /// Upstream DNS resolver (repeatable); overrides the config's [dns] upstreams.
+    #[arg(long, value_name = "ADDR")]
+    upstream: Vec<String>,
+    /// State directory (list cache, audit store).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Decide for this profile.
+    #[arg(long, conflicts_with = "ip")]
+    profile: Option<String>,
+    /// Decide for an unidentified client at this address (its network's profile).
+    #[arg(long)]
+    ip: Option<IpAddr>,
+    /// Local time in the configured time zone (`2026-11-23T10:15`) or RFC 3339.
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
+    /// Print a JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// A URL (`http://host/path`), a host name, or an IP address.
+    target: String,
+}
+
+#[derive(Subcommand)]
+enum ListsCommand {
+    /// Per source and category: entries loaded, bad lines, build time, memory.
+    Stats,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Report every problem of a configuration file with file:line:column.
+    Validate {
+        /// The file to validate (default: --config, else the embedded default).
+        file: Option<PathBuf>,
+    },
+    /// Print the embedded default configuration.
+    Default,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VIGIE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Run(args) => run(cli.config, args),
+        Command::Check(args) => check(cli.config, args),
+        Command::Lists(ListsCommand::Stats) => lists_stats(cli.config),
+        Command::Config(ConfigCommand::Validate { file }) => validate(file.or(cli.config)),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", config::EMBEDDED_DEFAULT);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn run(config: Option<PathBuf>, args: RunArgs) -> ExitCode {
+    match vigie_app_run(config, args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigie: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn vigie_app_run(config: Option<PathBuf>, args: RunArgs) -> anyhow::Result<()> {
+    vigie::app::run(vigie::app::RunOptions {
+        config,
+        dns_listen: args.dns_listen,
+        proxy_listen: args.proxy_listen,
+        admin_listen: args.admin_listen,
+        upstreams: args.upstream,
+        data_dir: args.data_dir,
+    })
+}
+
+fn load_snapshot(config: Option<&std::path::Path>) -> Result<Snapshot, ExitCode> {
+    Snapshot::load(config, None).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+/// Reads `--at`: local wall-clock time in the config's time zone, or RFC 3339.
+fn parse_at(s: &str, tz: chrono_tz::Tz) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let naive = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+        .ok_or_else(|| format!("invalid --at \"{s}\" (expected e.g. 2026-11-23T10:15)"))?;
+    tz.from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| format!("--at \"{s}\" does not exist in {} (daylight saving gap)", tz.name()))
+}
+
+fn check(config: Option<PathBuf>, args: CheckArgs) -> ExitCode {
+    let snapshot = match load_snapshot(config.as_deref()) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let fail = |msg: String| {
+        eprintln!("vigie check: {msg}");
+        ExitCode::from(2)
+    };
+    let identity = match (&args.profile, args.ip) {
+        (Some(p), _) => match snapshot.config.profile_id(p) {
+            Some(id) => Identity::profile(id, IdentitySource::Operator),
+            None => {
+                let names = snapshot.config.profiles.iter().map(|p| p.name.as_str());
+                return fail(format!("unknown profile \"{p}\"{}", config::suggest(p, names)));
+            }
+        },
+        (None, Some(ip)) => Identity::from_ip(&snapshot, ip),
+        (None, None) => Identity::profile(snapshot.config.default_profile, IdentitySource::Default),
+    };
+    let now = match &args.at {
+        Some(s) => match parse_at(s, snapshot.config.timezone) {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        },
+        None => Utc::now(),
+    };
+    let target = args.target.trim();
+    let url;
+    let request = if let Ok(ip) = target.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        Request::Ip { ip, port: 443 }
+    } else if target.contains("://") || target.contains('/') {
+        url = if target.contains("://") { target.to_string() } else { format!("http://{target}") };
+        Request::Http { method: "GET", url: &url }
+    } else {
+        Request::Dns { name: target, qtype: 1 }
+    };
+    let d = policy::decide(&snapshot, &request, &identity, now);
+    let trace = d.explain(&snapshot, &request, &identity, now);
+    if args.json {
+        let listed: Vec<&str> = d.listed.iter().map(|c| snapshot.category_name(c)).collect();
+        let out = serde_json::json!({
+            "target": target,
+            "verdict": d.verdict.as_str(),
+            "profile": snapshot.profile_name(d.profile),
+            "category": d.category.map(|c| snapshot.category_name(c)),
+            "categories": listed,
+            "rule": d.rule(&snapshot),
+            "entry": d.entry(&snapshot, &request),
+            "safe_search_target": match d.verdict { Verdict::SafeSearch { target } => Some(target), _ => None },
+            "time": now.with_timezone(&snapshot.config.timezone).to_rfc3339(),
+            "trace": trace,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        let verdict = match d.verdict {
+            Verdict::Allow => "ALLOW".to_string(),
+            Verdict::Block => format!("BLOCK ({})", d.category_name(&snapshot)),
+            Verdict::SafeSearch { target } => format!("SAFE SEARCH → {target}"),
+        };
+        println!("{target}: {verdict}");
+        for line in trace {
+            println!("  {line}");
+        }
+    }
+    match d.verdict {
+        Verdict::Block => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn lists_stats(config: Option<PathBuf>) -> ExitCode {
+    let snapshot = match load_snapshot(config.as_deref()) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let lists = &snapshot.lists;
+    let report = &lists.report;
+    println!(
+        "{:<40} {:<18} {:>9} {:>7} {:>7} {:>7} {:>6}",
+        "source", "category", "domains", "urls", "exprs", "ips", "bad"
+    );
+    for s in &report.sources {
+        let path = s.path.display().to_string();
+        let short = path.rsplit('/').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("/");
+        println!(
+            "{:<40} {:<18} {:>9} {:>7} {:>7} {:>7} {:>6}",
+            short,
+            snapshot.category_name(s.category),
+            s.domains,
+            s.urls,
+            s.expressions,
+            s.ips,
+            s.bad_lines
+        );
+        if let Some(why) = &s.skipped {
+            println!("    skipped: {why}");
+        }
+        for b in &s.first_bad {
+            println!("    {b}");
+        }
+        if s.bad_lines > s.first_bad.len() {
+            println!("    … and {} more bad lines", s.bad_lines - s.first_bad.len());
+        }
+    }
+    let n = lists.domains.len().max(1);
+    println!();
+    println!(
+        "domain set: {} names, {} bytes ({:.1} B/name)",
+        lists.domains.len(),
+        lists.domains.memory_bytes(),
+        lists.domains.memory_bytes() as f64 / n as f64
+    );
+    println!("url set: {} entries, {} bytes", lists.urls.len(), lists.urls.memory_bytes());
+    println!("ip set: {} prefixes, {} bytes", lists.ips.len(), lists.ips.memory_bytes());
+    println!(
+        "built in {:.3} s{}, total {} bytes",
+        report.build_time.as_secs_f64(),
+        if report.from_cache { " (from cache)" } else { "" },
+        lists.memory_bytes()
+    );
+    ExitCode::SUCCESS
+}
+
+fn validate(file: Option<PathBuf>) -> ExitCode {
+    let name = file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| config::EMBEDDED_NAME.to_string());
+    match config::load(file.as_deref()) {
+        Ok(cfg) => {
+            // A config is only valid if its lists load too.
+            match Snapshot::build(cfg, None) {
+                Ok(s) => {
+                    let bad: usize = s.lists.report.sources.iter().map(|r| r.bad_lines).sum();
+                    println!(
+                        "{name}: OK ({} profiles, {} categories, {} list sources, {} bad list lines)",
+                        s.config.profiles.len(),
+                        s.config.categories.len(),
+                        s.config.sources.len(),
+                        bad
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Err(errors) => {
+            for d in &errors.0 {
+                eprintln!("{d}");
+            }
+            eprintln!("{name}: {} problem(s) found", errors.0.len());
+            ExitCode::from(1)
+        }
+    }
+}

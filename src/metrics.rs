@@ -1,0 +1,217 @@
+//! Every Prometheus metric vigie exports, defined in one place so names stay
+//! consistent and documented. Services increment these; `/metrics` renders them.
+
+use std::sync::LazyLock;
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// The process-wide registry rendered by `/metrics`.
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(m: T) -> T {
+    // Registering the same name twice is a programming error caught by tests; at
+    // runtime a failure only means the metric is not exported.
+    if let Err(e) = REGISTRY.register(Box::new(m.clone())) {
+        tracing::error!("metric registration failed: {e}");
+    }
+    m
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    // Names and labels are literals of this module, valid by construction.
+    register(IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}")))
+}
+
+/// Snapshot reloads by result (`accepted`, `rejected`).
+pub static RELOAD_TOTAL: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("vigie_reload_total", "Snapshot reloads by result.", &["result"]));
+
+/// Lines rejected while loading lists, by source path.
+pub static LIST_BAD_LINES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec("vigie_list_bad_lines_total", "List lines rejected while loading, by source.", &["source"])
+});
+
+/// Entries in the current snapshot's lists, by kind (`domain`, `url`, `ip`).
+pub static LIST_ENTRIES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(Opts::new("vigie_list_entries", "Entries loaded in the current lists, by kind."), &["kind"])
+            .unwrap_or_else(|e| panic!("vigie_list_entries: {e}")),
+    )
+});
+
+/// Version number of the snapshot in service.
+pub static SNAPSHOT_VERSION: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(IntGauge::new("vigie_snapshot_version", "Version of the snapshot in service.").unwrap_or_else(|e| panic!("vigie_snapshot_version: {e}")))
+});
+
+/// Decisions by service, verdict and category.
+pub static DECISIONS_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec("vigie_decisions_total", "Decisions by service, verdict and category.", &["service", "verdict", "category"])
+});
+
+/// Time to build a snapshot (config + lists).
+pub static SNAPSHOT_BUILD_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(HistogramOpts::new("vigie_snapshot_build_seconds", "Time to build a snapshot.").buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]))
+            .unwrap_or_else(|e| panic!("vigie_snapshot_build_seconds: {e}")),
+    )
+});
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    register(Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).unwrap_or_else(|e| panic!("metric {name}: {e}")))
+}
+
+fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> prometheus::HistogramVec {
+    register(
+        prometheus::HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}")),
+    )
+}
+
+// ---- DNS filter (`dns/`) ----
+
+/// DNS queries received, by transport (`udp`, `tcp`).
+pub static DNS_QUERIES_TOTAL: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("vigie_dns_queries_total", "DNS queries received, by transport.", &["transport"]));
+
+/// DNS responses sent, by response code (`noerror`, `nxdomain`, `servfail`, `refused`, `formerr`, `notimp`).
+pub static DNS_RESPONSES_TOTAL: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("vigie_dns_responses_total", "DNS responses sent, by response code.", &["rcode"]));
+
+/// Time from receiving a query to having its answer, by how it was answered
+/// (`blocked`, `cache`, `upstream`, `local` for errors and refusals).
+pub static DNS_REQUEST_SECONDS: LazyLock<prometheus::HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        "vigie_dns_request_duration_seconds",
+        "Time to answer a DNS query, by how it was answered.",
+        &["path"],
+        vec![0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+    )
+});
+
+/// Packets that are not a well-formed DNS query, by what was done (`formerr`, `dropped`).
+pub static DNS_MALFORMED_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec("vigie_dns_malformed_total", "Malformed DNS packets, by action taken.", &["action"])
+});
+
+/// Queries refused, by reason (`client_network`: the source is not in `client_networks`;
+/// `zone_transfer`; `class`; `rate_limit` on TCP).
+pub static DNS_REFUSED_TOTAL: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("vigie_dns_refused_total", "DNS queries refused, by reason.", &["reason"]));
+
+/// Queries dropped or refused because their client exceeded its rate limit.
+pub static DNS_RATE_LIMITED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    register(
+        prometheus::IntCounter::new("vigie_dns_rate_limited_total", "DNS queries over a client's rate limit (dropped on UDP, refused on TCP).")
+            .unwrap_or_else(|e| panic!("vigie_dns_rate_limited_total: {e}")),
+    )
+});
+
+/// Answers cut to a header and question with TC set because they did not fit in UDP.
+pub static DNS_TRUNCATED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    register(
+        prometheus::IntCounter::new("vigie_dns_truncated_total", "DNS answers truncated (TC) to fit the client's UDP size.")
+            .unwrap_or_else(|e| panic!("vigie_dns_truncated_total: {e}")),
+    )
+});
+
+/// Answer cache lookups, by result (`hit`, `miss`).
+pub static DNS_CACHE_TOTAL: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("vigie_dns_cache_total", "DNS answer cache lookups, by result.", &["result"]));
+
+/// Answers held in the cache.
+pub static DNS_CACHE_ENTRIES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(IntGauge::new("vigie_dns_cache_entries", "Answers held in the DNS cache.").unwrap_or_else(|e| panic!("vigie_dns_cache_entries: {e}")))
+});
+
+/// Upstream exchanges, by result (`ok`, `nxdomain`, `nodata`, `timeout`, `error`).
+pub static DNS_UPSTREAM_TOTAL: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("vigie_dns_upstream_total", "Queries forwarded upstream, by result.", &["result"]));
+
+/// Time the upstreams took to answer (or fail).
+pub static DNS_UPSTREAM_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "vigie_dns_upstream_duration_seconds",
+        "Time the upstream resolvers took to answer.",
+        vec![0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+    )
+});
+
+/// Allowed names whose upstream answer went through a blocked name (CNAME cloaking).
+pub static DNS_CNAME_BLOCKED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    register(
+        prometheus::IntCounter::new("vigie_dns_cname_blocked_total", "Answers blocked because their CNAME chain reached a blocked name.")
+            .unwrap_or_else(|e| panic!("vigie_dns_cname_blocked_total: {e}")),
+    )
+});
+
+// ---- audit (`audit/`) ----
+
+/// Audit events accepted onto the queue.
+pub static AUDIT_EVENTS_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    register(prometheus::IntCounter::new("vigie_audit_events_total", "Audit events queued for writing.").unwrap_or_else(|e| panic!("vigie_audit_events_total: {e}")))
+});
+
+/// Audit events lost because the queue was full (the hot path never waits for the disk).
+pub static AUDIT_DROPPED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    register(
+        prometheus::IntCounter::new("vigie_audit_dropped_total", "Audit events dropped because the queue was full.")
+            .unwrap_or_else(|e| panic!("vigie_audit_dropped_total: {e}")),
+    )
+});
+
+/// Audit write failures (events of a failed batch are lost and counted here).
+pub static AUDIT_WRITE_ERRORS_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    register(
+        prometheus::IntCounter::new("vigie_audit_write_errors_total", "Audit events that could not be written.")
+            .unwrap_or_else(|e| panic!("vigie_audit_write_errors_total: {e}")),
+    )
+});
+
+/// Renders every registered metric in the Prometheus text format.
+pub fn render() -> String {
+    use prometheus::Encoder;
+    let mut out = Vec::new();
+    let enc = prometheus::TextEncoder::new();
+    if let Err(e) = enc.encode(&REGISTRY.gather(), &mut out) {
+        tracing::error!("metrics encoding failed: {e}");
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Forces registration of every metric so `/metrics` lists them from the start.
+pub fn init() {
+    LazyLock::force(&RELOAD_TOTAL);
+    LazyLock::force(&LIST_BAD_LINES);
+    LazyLock::force(&LIST_ENTRIES);
+    LazyLock::force(&SNAPSHOT_VERSION);
+    LazyLock::force(&DECISIONS_TOTAL);
+    LazyLock::force(&SNAPSHOT_BUILD_SECONDS);
+    LazyLock::force(&DNS_QUERIES_TOTAL);
+    LazyLock::force(&DNS_RESPONSES_TOTAL);
+    LazyLock::force(&DNS_REQUEST_SECONDS);
+    LazyLock::force(&DNS_MALFORMED_TOTAL);
+    LazyLock::force(&DNS_REFUSED_TOTAL);
+    LazyLock::force(&DNS_RATE_LIMITED_TOTAL);
+    LazyLock::force(&DNS_TRUNCATED_TOTAL);
+    LazyLock::force(&DNS_CACHE_TOTAL);
+    LazyLock::force(&DNS_CACHE_ENTRIES);
+    LazyLock::force(&DNS_UPSTREAM_TOTAL);
+    LazyLock::force(&DNS_UPSTREAM_SECONDS);
+    LazyLock::force(&DNS_CNAME_BLOCKED_TOTAL);
+    LazyLock::force(&AUDIT_EVENTS_TOTAL);
+    LazyLock::force(&AUDIT_DROPPED_TOTAL);
+    LazyLock::force(&AUDIT_WRITE_ERRORS_TOTAL);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn all_metrics_register_and_render() {
+        super::init();
+        super::RELOAD_TOTAL.with_label_values(&["accepted"]).inc();
+        let text = super::render();
+        assert!(text.contains("vigie_reload_total{result=\"accepted\"} 1"), "{text}");
+        assert!(text.contains("# TYPE vigie_snapshot_build_seconds histogram"));
+    }
+}

@@ -1,0 +1,499 @@
+//! Shared helpers of the end-to-end DNS tests: a small authoritative upstream on
+//! loopback, the real `vigie` binary started on free ports, and DNS clients (raw
+//! hickory-proto messages over UDP/TCP, and `dig`). Loopback only; every wait is
+//! bounded.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+/// The address every allowed name resolves to at the test upstream.
+pub const UPSTREAM_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+pub const UPSTREAM_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+/// Safe-search hosts and the addresses the test upstream gives them.
+pub const SAFE_HOSTS: &[(&str, Ipv4Addr)] = &[
+    ("forcesafesearch.google.com.", Ipv4Addr::new(216, 239, 38, 120)),
+    ("strict.bing.com.", Ipv4Addr::new(204, 79, 197, 220)),
+    ("safe.duckduckgo.com.", Ipv4Addr::new(52, 142, 124, 215)),
+    ("restrict.youtube.com.", Ipv4Addr::new(216, 239, 38, 119)),
+    ("restrictmoderate.youtube.com.", Ipv4Addr::new(216, 239, 38, 120)),
+];
+
+/// A gambling domain of the shipped UT1 list (its first entry).
+pub fn ut1_gambling_domain() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("blocklists/ut1/gambling/domains");
+    let text = std::fs::read_to_string(&path).expect("shipped UT1 gambling list");
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#') && l.contains('.'))
+        .expect("a domain in the gambling list")
+        .to_string()
+}
+
+/// A tiny authoritative server for the tests, on UDP and TCP of one loopback port:
+/// - any name: A `UPSTREAM_V4`, AAAA `UPSTREAM_V6`, other types "no data" + SOA;
+/// - `nx.*` names: NXDOMAIN + SOA (negative TTL 30);
+/// - the safe-search hosts: their addresses;
+/// - `big.test` TXT: ~3 kB, more than fits in UDP (truncated there);
+/// - `cloaked.test`: a CNAME to `cloak_target`, then its address.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub queries: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    pub fn start(cloak_target: &str) -> Upstream {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind upstream udp");
+        let addr = udp.local_addr().unwrap();
+        let tcp = TcpListener::bind(addr).expect("bind upstream tcp");
+        udp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let queries = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let target = Name::from_ascii(format!("{cloak_target}.")).unwrap();
+        {
+            let (q, s, t) = (queries.clone(), stop.clone(), target.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while !s.load(Ordering::Relaxed) {
+                    let Ok((n, peer)) = udp.recv_from(&mut buf) else { continue };
+                    q.fetch_add(1, Ordering::Relaxed);
+                    if let Some(reply) = answer(&buf[..n], &t, true) {
+                        let _ = udp.send_to(&reply, peer);
+                    }
+                }
+            });
+        }
+        {
+            let (q, s, t) = (queries.clone(), stop.clone(), target);
+            std::thread::spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    let Ok((mut stream, _)) = tcp.accept() else {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    };
+                    let (q, t) = (q.clone(), t.clone());
+                    std::thread::spawn(move || {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                        loop {
+                            let mut len = [0u8; 2];
+                            if stream.read_exact(&mut len).is_err() {
+                                return;
+                            }
+                            let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+                            if stream.read_exact(&mut msg).is_err() {
+                                return;
+                            }
+                            q.fetch_add(1, Ordering::Relaxed);
+                            let Some(reply) = answer(&msg, &t, false) else { return };
+                            let mut out = (reply.len() as u16).to_be_bytes().to_vec();
+                            out.extend_from_slice(&reply);
+                            if stream.write_all(&out).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+        }
+        Upstream { addr, queries, stop }
+    }
+
+    pub fn count(&self) -> usize {
+        self.queries.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn soa(zone: &Name) -> Record {
+    let soa = SOA::new(Name::from_ascii("ns.test.").unwrap(), Name::from_ascii("hostmaster.test.").unwrap(), 1, 3600, 600, 86400, 30);
+    Record::from_rdata(zone.clone(), 60, RData::SOA(soa))
+}
+
+fn answer(packet: &[u8], cloak_target: &Name, udp: bool) -> Option<Vec<u8>> {
+    let req = Message::from_vec(packet).ok()?;
+    let q = req.queries.first()?.clone();
+    let mut resp = Message::response(req.metadata.id, OpCode::Query);
+    resp.metadata.authoritative = true;
+    resp.metadata.recursion_desired = req.metadata.recursion_desired;
+    resp.metadata.recursion_available = true;
+    resp.add_query(q.clone());
+    if req.edns.is_some() {
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        resp.edns = Some(e);
+    }
+    let name = q.name.clone();
+    let lower = name.to_lowercase().to_ascii();
+    let qt = q.query_type;
+    if lower.starts_with("nx.") {
+        resp.metadata.response_code = ResponseCode::NXDomain;
+        resp.add_authority(soa(&name));
+    } else if let Some((_, ip)) = SAFE_HOSTS.iter().find(|(h, _)| *h == lower) {
+        if qt == RecordType::A {
+            resp.add_answer(Record::from_rdata(name, 300, RData::A(A(*ip))));
+        } else {
+            resp.add_authority(soa(&name));
+        }
+    } else if lower == "big.test." && qt == RecordType::TXT {
+        for i in 0..30 {
+            let text = format!("{i:02}-{}", "x".repeat(95));
+            resp.add_answer(Record::from_rdata(name.clone(), 300, RData::TXT(TXT::new(vec![text]))));
+        }
+    } else if lower == "cloaked.test." {
+        resp.add_answer(Record::from_rdata(name, 300, RData::CNAME(CNAME(cloak_target.clone()))));
+        if qt == RecordType::A {
+            resp.add_answer(Record::from_rdata(cloak_target.clone(), 300, RData::A(A(UPSTREAM_V4))));
+        }
+    } else if qt == RecordType::A {
+        resp.add_answer(Record::from_rdata(name, 300, RData::A(A(UPSTREAM_V4))));
+    } else if qt == RecordType::AAAA {
+        resp.add_answer(Record::from_rdata(name, 300, RData::AAAA(AAAA(UPSTREAM_V6))));
+    } else {
+        resp.add_authority(soa(&name));
+    }
+    let bytes = resp.to_vec().ok()?;
+    let limit = if udp { req.edns.as_ref().map(|e| e.max_payload() as usize).unwrap_or(512) } else { 65535 };
+    if bytes.len() > limit {
+        return resp.truncate().to_vec().ok();
+    }
+    Some(bytes)
+}
+
+/// A running `vigie run`, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Vigie {
+    child: Option<Child>,
+    pub dns: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Vigie {
+    /// Starts the binary with `config`, upstream `upstream`, data in `data_dir`, and
+    /// waits (at most 60 s) for its "ready" line.
+    pub fn start(config: &Path, upstreams: &[SocketAddr], data_dir: &Path) -> Vigie {
+        let log = data_dir.join("vigie.log");
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigie"));
+        cmd.arg("--config")
+            .arg(config)
+            .arg("run")
+            .args(["--dns-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("VIGIE_LOG", "info,vigie=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
+        for u in upstreams {
+            cmd.arg("--upstream").arg(u.to_string());
+        }
+        let mut child = cmd.spawn().expect("start vigie");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("vigie ready:") => {
+                    // "vigie ready: dns 127.0.0.1:PORT admin 127.0.0.1:PORT"
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    let dns = words[3].parse().expect("dns addr");
+                    let admin = words[5].parse().expect("admin addr");
+                    return Vigie {
+                        child: Some(child),
+                        dns,
+                        admin,
+                        log,
+                    };
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("vigie did not become ready; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
+        assert!(status.success());
+    }
+
+    /// Sends SIGTERM and waits (at most 10 s) for a clean exit; returns its status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let mut child = self.child.take().expect("child");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("vigie did not stop within 10 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET path` on the admin listener; returns the body.
+    pub fn http_get(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(self.admin).expect("connect admin");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read admin");
+        out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(out)
+    }
+
+    /// The value of one metric line (`name{labels}`) in `/metrics`, 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.http_get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Vigie {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A query message for `name`/`qtype`, with EDNS (payload 1232) when `edns`.
+pub fn query_message(name: &str, qtype: RecordType, edns: bool) -> Message {
+    let mut m = Message::query();
+    m.metadata.recursion_desired = true;
+    let mut n = Name::from_ascii(name).expect("name");
+    n.set_fqdn(true);
+    m.add_query(Query::query(n, qtype));
+    if edns {
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        m.edns = Some(e);
+    }
+    m
+}
+
+/// Sends `msg` over UDP and waits (at most `timeout`) for the answer with its id.
+pub fn exchange_udp(server: SocketAddr, msg: &Message, timeout: Duration) -> Option<Message> {
+    exchange_udp_from(Ipv4Addr::LOCALHOST, server, msg, timeout)
+}
+
+/// Like [`exchange_udp`], from a chosen loopback address (127.0.0.0/8 is all local on
+/// Linux): the tests' way of being a client of another network.
+pub fn exchange_udp_from(src: Ipv4Addr, server: SocketAddr, msg: &Message, timeout: Duration) -> Option<Message> {
+    let sock = UdpSocket::bind((src, 0)).ok()?;
+    sock.set_read_timeout(Some(timeout)).ok()?;
+    sock.send_to(&msg.to_vec().ok()?, server).ok()?;
+    let mut buf = [0u8; 65535];
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let (n, _) = sock.recv_from(&mut buf).ok()?;
+        if let Ok(m) = Message::from_vec(&buf[..n])
+            && m.metadata.id == msg.metadata.id
+            && m.metadata.message_type == MessageType::Response
+        {
+            return Some(m);
+        }
+    }
+    None
+}
+
+pub fn exchange_tcp(server: SocketAddr, msg: &Message, timeout: Duration) -> Option<Message> {
+    let mut s = TcpStream::connect_timeout(&server, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    let bytes = msg.to_vec().ok()?;
+    let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(&bytes);
+    s.write_all(&out).ok()?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).ok()?;
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).ok()?;
+    Message::from_vec(&buf).ok()
+}
+
+pub fn udp_from(src: Ipv4Addr, server: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    exchange_udp_from(src, server, &query_message(name, qtype, true), Duration::from_secs(5)).unwrap_or_else(|| panic!("no UDP answer for {name} {qtype} from {src}"))
+}
+
+pub fn udp(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    exchange_udp(server, &query_message(name, qtype, true), Duration::from_secs(5)).unwrap_or_else(|| panic!("no UDP answer for {name} {qtype}"))
+}
+
+pub fn tcp(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    exchange_tcp(server, &query_message(name, qtype, true), Duration::from_secs(5)).unwrap_or_else(|| panic!("no TCP answer for {name} {qtype}"))
+}
+
+pub fn a_records(m: &Message) -> Vec<Ipv4Addr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(A(ip)) => Some(*ip),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn aaaa_records(m: &Message) -> Vec<Ipv6Addr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::AAAA(AAAA(ip)) => Some(*ip),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn cname_targets(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::CNAME(CNAME(n)) => Some(n.to_ascii()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `dig` is on this machine (Debian: dnsutils / bind9-dnsutils).
+pub fn have_dig() -> bool {
+    Command::new("dig").arg("-v").output().is_ok()
+}
+
+/// Runs `dig @server -p port args…` with a bounded time; returns its stdout.
+pub fn dig(server: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .arg(format!("@{}", server.ip()))
+        .arg("-p")
+        .arg(server.port().to_string())
+        .args(["+time=3", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("run dig");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Client addresses of the test config: 127.0.0.1 gets profile "page", 127.0.0.2
+/// "nxdomain", 127.0.0.3 "null"; 127.0.0.9 is outside the client networks.
+pub const PAGE_CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+pub const NXDOMAIN_CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+pub const NULL_CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+pub const OUTSIDER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
+
+/// A config for the tests: the shipped UT1 gambling and doh lists, one profile per
+/// block mode (chosen by client address, see [`PAGE_CLIENT`]…), `extra` appended to
+/// the `[dns]` table.
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let default_profile = "page";
+    let client_networks = ["127.0.0.1/32", "127.0.0.2/32", "127.0.0.3/32", "::1/128"];
+    let lists = Path::new(env!("CARGO_MANIFEST_DIR")).join("blocklists");
+    let nets: Vec<String> = client_networks.iter().map(|n| format!("\"{n}\"")).collect();
+    let text = format!(
+        r#"
+default_profile = "{default_profile}"
+client_networks = [{nets}]
+lists_dir = "{lists}"
+
+[dns]
+rate_limit_qps = 0
+block_page_ipv4 = "198.51.100.7"
+block_page_ipv6 = "2001:db8::7"
+{extra}
+
+[[categories]]
+id = "gambling"
+fr = "Jeux d'argent"
+en = "Gambling"
+
+[[categories]]
+id = "doh"
+fr = "DNS chiffré"
+en = "Encrypted DNS"
+
+[[lists]]
+category = "gambling"
+format = "ut1"
+path = "ut1/gambling"
+
+[[lists]]
+category = "doh"
+format = "ut1"
+path = "ut1/doh"
+
+[profiles.page]
+block = ["gambling", "doh"]
+block_mode = "page"
+safe_search = "strict"
+
+[profiles.nxdomain]
+block = ["gambling", "doh"]
+block_mode = "nxdomain"
+safe_search = "moderate"
+
+[profiles.null]
+block = ["gambling", "doh"]
+block_mode = "null"
+
+[[networks]]
+cidr = "127.0.0.2/32"
+profile = "nxdomain"
+
+[[networks]]
+cidr = "127.0.0.3/32"
+profile = "null"
+"#,
+        nets = nets.join(", "),
+        lists = lists.display(),
+    );
+    let path = dir.join("vigie.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
