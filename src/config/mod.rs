@@ -287,7 +287,9 @@ impl Validator<'_> {
         let mut src = self.text.to_string();
         for _ in 0..MAX_UNKNOWN_KEYS {
             match toml::from_str::<RawConfig>(&src) {
-                Ok(raw) => return self.diags.is_empty().then_some(raw),
+                // Keys blanked out above are already reported; the rest still
+                // gets the semantic checks, so one run shows every problem.
+                Ok(raw) => return Some(raw),
                 Err(e) => {
                     let span = e.span().unwrap_or(0..0);
                     let message = describe_toml_error(&e, &src[span.clone()]);

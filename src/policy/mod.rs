@@ -151,20 +151,8 @@ pub fn decide(snapshot: &Snapshot, request: &Request<'_>, identity: &Identity, n
         matched: None,
     };
 
-    // 1 and 2: overrides.
-    if let Some(h) = host_str {
-        if let Some(i) = snapshot.allow[profile_id as usize].find(h, target.path) {
-            d.reason = Reason::AllowOverride(i);
-            return d;
-        }
-        if let Some(i) = snapshot.deny[profile_id as usize].find(h, target.path) {
-            d.verdict = Verdict::Block;
-            d.reason = Reason::DenyOverride(i);
-            return d;
-        }
-    }
-
-    // 3: categories.
+    // Classify first, so even an overridden decision reports what the target is
+    // listed in (the audit trail shows "allowed although gambling").
     let (blocked, rule_of) = blocked_categories(snapshot, profile_id, now);
     let mut first: Option<(CategoryId, Matched)> = None;
     let consider = |cat: CategoryId, m: Matched, first: &mut Option<(CategoryId, Matched)>| {
@@ -226,6 +214,20 @@ pub fn decide(snapshot: &Snapshot, request: &Request<'_>, identity: &Identity, n
             );
         }
     }
+    // 1 and 2: overrides.
+    if let Some(h) = host_str {
+        if let Some(i) = snapshot.allow[profile_id as usize].find(h, target.path) {
+            d.reason = Reason::AllowOverride(i);
+            return d;
+        }
+        if let Some(i) = snapshot.deny[profile_id as usize].find(h, target.path) {
+            d.verdict = Verdict::Block;
+            d.reason = Reason::DenyOverride(i);
+            return d;
+        }
+    }
+
+    // 3: categories.
     if let Some((cat, m)) = first {
         d.verdict = Verdict::Block;
         d.category = Some(cat);
