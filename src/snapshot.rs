@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{self, Config, ConfigErrors, Override, ProfileId};
 use crate::lists::{ListError, Lists};
+use crate::metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -145,6 +146,20 @@ impl Snapshot {
             .unwrap_or(self.config.default_profile)
     }
 
+    /// Exports the sizes of this snapshot's lists (call when it goes into service).
+    pub fn publish_metrics(&self) {
+        metrics::SNAPSHOT_VERSION.set(self.version as i64);
+        metrics::LIST_ENTRIES.with_label_values(&["domain"]).set(self.lists.domains.len() as i64);
+        metrics::LIST_ENTRIES.with_label_values(&["url"]).set(self.lists.urls.len() as i64);
+        metrics::LIST_ENTRIES.with_label_values(&["ip"]).set(self.lists.ips.len() as i64);
+        for s in &self.lists.report.sources {
+            // A counter of lines rejected by loads put in service: a list that
+            // degrades between updates shows as a rising rate.
+            let path = s.path.display().to_string();
+            metrics::LIST_BAD_LINES.with_label_values(&[path.as_str()]).inc_by(s.bad_lines as u64);
+        }
+    }
+
     pub fn profile_name(&self, id: ProfileId) -> &str {
         self.config
             .profiles
@@ -178,6 +193,7 @@ pub struct SnapshotStore {
 
 impl SnapshotStore {
     pub fn new(snapshot: Snapshot) -> Self {
+        snapshot.publish_metrics();
         SnapshotStore {
             current: ArcSwap::from_pointee(snapshot),
         }
@@ -192,6 +208,7 @@ impl SnapshotStore {
     /// the current snapshot and returns the error.
     pub fn reload<E>(&self, build: impl FnOnce() -> Result<Snapshot, E>) -> Result<Arc<Snapshot>, E> {
         let next = Arc::new(build()?);
+        next.publish_metrics();
         self.current.store(next.clone());
         Ok(next)
     }
@@ -225,6 +242,23 @@ mod tests {
         assert_eq!(o.find("www.site.com", Some("/ok/page")), Some(1));
         assert_eq!(o.find("site.com", Some("/okay")), None);
         assert_eq!(o.find("site.com", None), None);
+    }
+
+    #[test]
+    fn failed_reload_keeps_the_old_snapshot() {
+        let cfg = |tz: &str| config::parse(&format!("timezone = \"{tz}\"\n[profiles.invites]\n"), "t.toml", Path::new("/"));
+        let store = SnapshotStore::new(Snapshot::build(cfg("America/Toronto").unwrap(), None).unwrap());
+        let before = store.load();
+        let err = store.reload(|| cfg("Mars/Olympus").map_err(SnapshotError::from).and_then(|c| Snapshot::build(c, None)));
+        assert!(err.is_err());
+        assert_eq!(store.load().version, before.version);
+        let next = store
+            .reload(|| cfg("Europe/Paris").map_err(SnapshotError::from).and_then(|c| Snapshot::build(c, None)))
+            .unwrap();
+        assert!(next.version > before.version);
+        assert_eq!(store.load().config.timezone, chrono_tz::Europe::Paris);
+        // A request that started on the old snapshot still holds it.
+        assert_eq!(before.config.timezone, chrono_tz::America::Toronto);
     }
 
     #[test]
