@@ -16,7 +16,7 @@ use chrono_tz::Tz;
 use ipnet::IpNet;
 use toml::Spanned;
 
-pub use schema::{Action, BlockMode, DEFAULT_CLIENT_NETWORKS, RawConfig, SafeSearch};
+pub use schema::{Action, BlockMode, DEFAULT_CLIENT_NETWORKS, RawConfig, SafeSearch, SniMismatch};
 pub use schedule::{Schedule, parse_days, parse_time_range};
 
 use crate::lists::{CatSet, CategoryId, SourceId, SourceSpec};
@@ -139,6 +139,63 @@ pub struct Config {
     pub dns_upstreams: Vec<String>,
     /// The DNS filter's settings (`[dns]`).
     pub dns: DnsConfig,
+    /// The forward proxy's settings (`[proxy]`).
+    pub proxy: ProxyConfig,
+}
+
+/// Resolved `[proxy]` settings; see `schema::RawProxy` for what each means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub connect_ports: Vec<u16>,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_timeout: std::time::Duration,
+    pub connect_timeout: std::time::Duration,
+    pub first_byte_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
+    pub client_hello_timeout: std::time::Duration,
+    pub internal_networks: Vec<IpNet>,
+    pub allow_loopback_origins: bool,
+    pub sni_mismatch: SniMismatch,
+    pub auth_required_networks: Vec<IpNet>,
+    /// Absolute; `None` means `<data_dir>/users` when a data dir is known.
+    pub users_file: Option<PathBuf>,
+    pub auth_realm: String,
+    pub review_url: Option<String>,
+    pub via_name: String,
+    pub transparent_http_listen: Option<std::net::SocketAddr>,
+    pub transparent_tls_listen: Option<std::net::SocketAddr>,
+    pub log_allowed: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        let raw = schema::RawProxy::default();
+        let ms = std::time::Duration::from_millis;
+        ProxyConfig {
+            connect_ports: raw.connect_ports,
+            max_connections: raw.max_connections,
+            max_header_bytes: raw.max_header_bytes,
+            max_headers: raw.max_headers,
+            header_timeout: ms(raw.header_timeout_ms),
+            connect_timeout: ms(raw.connect_timeout_ms),
+            first_byte_timeout: ms(raw.first_byte_timeout_ms),
+            idle_timeout: ms(raw.idle_timeout_ms),
+            client_hello_timeout: ms(raw.client_hello_timeout_ms),
+            internal_networks: Vec::new(),
+            allow_loopback_origins: raw.allow_loopback_origins,
+            sni_mismatch: raw.sni_mismatch,
+            auth_required_networks: Vec::new(),
+            users_file: None,
+            auth_realm: raw.auth_realm,
+            review_url: None,
+            via_name: raw.via_name,
+            transparent_http_listen: None,
+            transparent_tls_listen: None,
+            log_allowed: raw.log_allowed,
+        }
+    }
 }
 
 /// Resolved `[dns]` settings; see `schema::RawDns` for what each means.
@@ -307,7 +364,26 @@ impl Validator<'_> {
         None
     }
 
-    fn resolve(&mut self, raw: RawConfig, base_dir: &Path) -> Option<Config> {
+    fn resolve(&mut self, mut raw: RawConfig, base_dir: &Path) -> Option<Config> {
+        // A school's file usually only says what is its own (profiles, networks,
+        // schedules); categories and list sources it leaves out come from the
+        // embedded default, with the shipped lists.
+        let mut lists_base = raw.lists_dir.as_deref().map(|d| {
+            let d = Path::new(d);
+            if d.is_absolute() { d.to_path_buf() } else { base_dir.join(d) }
+        });
+        // Own categories with no lists stay list-less: the default lists name
+        // categories such a file may not have.
+        if raw.categories.is_empty()
+            && self.origin != EMBEDDED_NAME
+            && let Ok(default) = toml::from_str::<RawConfig>(EMBEDDED_DEFAULT)
+        {
+            raw.categories = default.categories;
+            if raw.lists.is_empty() {
+                raw.lists = default.lists;
+                lists_base.get_or_insert_with(shipped_lists_dir);
+            }
+        }
         let timezone = match raw.timezone.get_ref().parse::<Tz>() {
             Ok(tz) => tz,
             Err(_) => {
@@ -366,14 +442,7 @@ impl Validator<'_> {
             let path = if rel.is_absolute() {
                 rel.to_path_buf()
             } else {
-                raw.lists_dir
-                    .as_deref()
-                    .map(|d| {
-                        let d = Path::new(d);
-                        if d.is_absolute() { d.to_path_buf() } else { base_dir.join(d) }
-                    })
-                    .unwrap_or_else(|| base_dir.to_path_buf())
-                    .join(rel)
+                lists_base.as_deref().unwrap_or(base_dir).join(rel)
             };
             sources.push(SourceSpec {
                 id: i as SourceId,
@@ -488,6 +557,7 @@ impl Validator<'_> {
 
         let dns_upstreams = raw.dns.upstreams.iter().map(|u| u.get_ref().clone()).collect();
         let dns = self.dns(&raw.dns);
+        let proxy = self.proxy(&raw.proxy, base_dir);
 
         if !self.diags.is_empty() {
             return None;
@@ -508,6 +578,7 @@ impl Validator<'_> {
             networks,
             dns_upstreams,
             dns,
+            proxy,
         })
     }
 
@@ -543,6 +614,81 @@ impl Validator<'_> {
             block_page_ipv6,
             log_allowed: raw.log_allowed,
             upstream_timeout: std::time::Duration::from_millis(raw.upstream_timeout_ms),
+        }
+    }
+
+    fn proxy(&mut self, raw: &schema::RawProxy, base_dir: &Path) -> ProxyConfig {
+        let ms = std::time::Duration::from_millis;
+        for (key, value) in [
+            ("header_timeout_ms", raw.header_timeout_ms),
+            ("connect_timeout_ms", raw.connect_timeout_ms),
+            ("first_byte_timeout_ms", raw.first_byte_timeout_ms),
+            ("idle_timeout_ms", raw.idle_timeout_ms),
+            ("client_hello_timeout_ms", raw.client_hello_timeout_ms),
+            ("max_connections", raw.max_connections as u64),
+            ("max_headers", raw.max_headers as u64),
+        ] {
+            if value == 0 {
+                self.error_at(0..0, format!("proxy.{key} must be at least 1"));
+            }
+        }
+        // hyper cannot read a request head in less than this; smaller would refuse everything.
+        if raw.max_header_bytes < 8192 {
+            self.error_at(0..0, format!("proxy.max_header_bytes must be at least 8192 (got {})", raw.max_header_bytes));
+        }
+        if raw.connect_ports.contains(&0) {
+            self.error_at(0..0, "proxy.connect_ports: 0 is not a port");
+        }
+        let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        if !token(&raw.via_name) {
+            self.error_at(0..0, format!("proxy.via_name \"{}\" must be letters, digits, '-', '.' or '_'", raw.via_name));
+        }
+        if raw.auth_realm.contains(['"', '\\']) || raw.auth_realm.chars().any(char::is_control) {
+            self.error_at(0..0, "proxy.auth_realm must not contain quotes, backslashes or control characters");
+        }
+        if let Some(u) = &raw.review_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            self.error_at(0..0, format!("proxy.review_url \"{u}\" must start with http:// or https://"));
+        }
+        let internal_networks = raw.internal_networks.iter().filter_map(|s| self.cidr(s)).collect();
+        let auth_required_networks = raw.auth_required_networks.iter().filter_map(|s| self.cidr(s)).collect();
+        let listen = |v: &mut Self, s: &Option<Spanned<String>>, key: &str| -> Option<std::net::SocketAddr> {
+            let s = s.as_ref()?;
+            match s.get_ref().trim().parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    v.error_at(s.span(), format!("invalid address \"{}\" for proxy.{key} (expected e.g. 0.0.0.0:3129)", s.get_ref()));
+                    None
+                }
+            }
+        };
+        let transparent_http_listen = listen(self, &raw.transparent_http_listen, "transparent_http_listen");
+        let transparent_tls_listen = listen(self, &raw.transparent_tls_listen, "transparent_tls_listen");
+        ProxyConfig {
+            connect_ports: raw.connect_ports.clone(),
+            max_connections: raw.max_connections,
+            max_header_bytes: raw.max_header_bytes,
+            max_headers: raw.max_headers,
+            header_timeout: ms(raw.header_timeout_ms),
+            connect_timeout: ms(raw.connect_timeout_ms),
+            first_byte_timeout: ms(raw.first_byte_timeout_ms),
+            idle_timeout: ms(raw.idle_timeout_ms),
+            client_hello_timeout: ms(raw.client_hello_timeout_ms),
+            internal_networks,
+            allow_loopback_origins: raw.allow_loopback_origins,
+            sni_mismatch: raw.sni_mismatch,
+            auth_required_networks,
+            users_file: raw.users_file.as_ref().map(|f| {
+                let f = PathBuf::from(f);
+                if f.is_absolute() { f } else { base_dir.join(f) }
+            }),
+            auth_realm: raw.auth_realm.clone(),
+            review_url: raw.review_url.clone(),
+            via_name: raw.via_name.clone(),
+            transparent_http_listen,
+            transparent_tls_listen,
+            log_allowed: raw.log_allowed,
         }
     }
 

@@ -41,6 +41,8 @@ pub struct RawConfig {
     pub networks: Vec<RawNetwork>,
     #[serde(default)]
     pub dns: RawDns,
+    #[serde(default)]
+    pub proxy: RawProxy,
 }
 
 fn default_timezone() -> Spanned<String> {
@@ -264,4 +266,159 @@ fn default_blocked_ttl() -> u32 {
 }
 fn default_upstream_timeout_ms() -> u64 {
     2_000
+}
+
+/// What the proxy does when a TLS ClientHello names another host than the CONNECT
+/// line (`CONNECT a.example:443` carrying SNI `b.example`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SniMismatch {
+    /// Decide on both names; either one blocked blocks the tunnel. CDNs and
+    /// CONNECTs to an IP with a named SNI stay usable.
+    #[default]
+    DecideBoth,
+    /// Refuse any tunnel whose SNI differs from its CONNECT host (domain fronting).
+    Block,
+}
+
+/// The forward proxy (`[proxy]`). Every key has a default, so an absent table is a
+/// working proxy on `--proxy-listen`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    /// Ports a CONNECT may target; everything else is refused (403).
+    #[serde(default = "default_connect_ports")]
+    pub connect_ports: Vec<u16>,
+    /// Most client connections served at once; more wait in the kernel's backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request head (request line + headers) a client may send, bytes.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header fields in one request.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Time a client has to send a complete request head (slowloris), milliseconds.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Time to open a TCP connection to an origin, milliseconds.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time an origin has to start its response, milliseconds.
+    #[serde(default = "default_first_byte_timeout_ms")]
+    pub first_byte_timeout_ms: u64,
+    /// Time a keep-alive connection or a tunnel may stay silent, milliseconds.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Time a CONNECT client has to send its first bytes (the ClientHello), milliseconds.
+    #[serde(default = "default_client_hello_timeout_ms")]
+    pub client_hello_timeout_ms: u64,
+    /// Extra ranges no request may reach (the school's servers, the gateway's LAN
+    /// side). Loopback, link-local, unspecified, multicast and vigie's own listeners
+    /// are always refused.
+    #[serde(default)]
+    pub internal_networks: Vec<Spanned<String>>,
+    /// Let requests reach loopback origins. For tests and development only: on a
+    /// gateway this would open the box's own services to every client.
+    #[serde(default)]
+    pub allow_loopback_origins: bool,
+    /// What to do when the SNI differs from the CONNECT host.
+    #[serde(default)]
+    pub sni_mismatch: SniMismatch,
+    /// Client networks that must authenticate (Basic, 407) before being served.
+    /// Elsewhere credentials are used when sent, never asked for.
+    #[serde(default)]
+    pub auth_required_networks: Vec<Spanned<String>>,
+    /// Users file (`vigie users add`); relative to the config file. Default:
+    /// `<data_dir>/users`.
+    #[serde(default)]
+    pub users_file: Option<String>,
+    /// The realm named in the 407 challenge.
+    #[serde(default = "default_realm")]
+    pub auth_realm: String,
+    /// Base URL of the admin app's review form, linked from block pages. Default:
+    /// the admin listener's own address + `/review`.
+    #[serde(default)]
+    pub review_url: Option<String>,
+    /// Name vigie gives itself in `Via` headers.
+    #[serde(default = "default_via_name")]
+    pub via_name: String,
+    /// Transparent HTTP listener (nftables redirect of port 80), e.g. `0.0.0.0:3129`.
+    /// Absent: off.
+    #[serde(default)]
+    pub transparent_http_listen: Option<Spanned<String>>,
+    /// Transparent TLS listener (redirect of port 443), e.g. `0.0.0.0:3130`. Absent: off.
+    #[serde(default)]
+    pub transparent_tls_listen: Option<Spanned<String>>,
+    /// Record allowed requests in the audit log too (default: yes — the proxy's audit
+    /// is the record of who went where).
+    #[serde(default = "default_true")]
+    pub log_allowed: bool,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        RawProxy {
+            connect_ports: default_connect_ports(),
+            max_connections: default_max_connections(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            header_timeout_ms: default_header_timeout_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            first_byte_timeout_ms: default_first_byte_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            client_hello_timeout_ms: default_client_hello_timeout_ms(),
+            internal_networks: Vec::new(),
+            allow_loopback_origins: false,
+            sni_mismatch: SniMismatch::default(),
+            auth_required_networks: Vec::new(),
+            users_file: None,
+            auth_realm: default_realm(),
+            review_url: None,
+            via_name: default_via_name(),
+            transparent_http_listen: None,
+            transparent_tls_listen: None,
+            log_allowed: true,
+        }
+    }
+}
+
+fn default_connect_ports() -> Vec<u16> {
+    vec![443]
+}
+// A school of a few thousand devices, each with a browser holding ~10 connections.
+fn default_max_connections() -> usize {
+    20_000
+}
+// Browsers send 1–4 KiB of headers; cookies of some sites reach ~16 KiB.
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_first_byte_timeout_ms() -> u64 {
+    60_000
+}
+// Browsers keep idle connections ~60–300 s; a tunnel silent this long is dead.
+fn default_idle_timeout_ms() -> u64 {
+    300_000
+}
+fn default_client_hello_timeout_ms() -> u64 {
+    10_000
+}
+fn default_realm() -> String {
+    "vigie".to_string()
+}
+fn default_via_name() -> String {
+    "vigie".to_string()
+}
+fn default_true() -> bool {
+    true
 }

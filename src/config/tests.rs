@@ -186,3 +186,26 @@ fn relative_list_paths_resolve_against_lists_dir() {
     let c = parse(&text, "vigie.toml", Path::new("/etc/vigie")).unwrap();
     assert_eq!(c.sources[0].path, Path::new("/etc/vigie/lists/g.txt"));
 }
+
+#[test]
+fn categories_and_lists_default_to_the_embedded_ones() {
+    let text = "[profiles.invites]\nblock = [\"gambling\", \"p2p\"]\n";
+    let c = parse(text, "ecole.toml", Path::new("/etc/vigie")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.category_id("gambling").is_some());
+    let gambling = c.sources.iter().find(|s| s.path.ends_with("ut1/gambling")).expect("default gambling list");
+    assert_eq!(gambling.path, shipped_lists_dir().join("ut1/gambling"));
+    // Own lists replace the default ones (categories still default).
+    let own = format!("{text}[[lists]]\ncategory = \"gambling\"\nformat = \"domains\"\npath = \"g.txt\"\n");
+    let c = parse(&own, "ecole.toml", Path::new("/etc/vigie")).unwrap();
+    assert_eq!(c.sources.len(), 1);
+    assert_eq!(c.sources[0].path, Path::new("/etc/vigie/g.txt"));
+}
+
+#[test]
+fn example_appliance_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vigie.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = parse(&text, "deploy/vigie.toml", Path::new("/etc/vigie")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.networks.len(), 4);
+    assert_eq!(c.networks[0].net.to_string(), "10.30.5.0/24", "most specific first");
+}
