@@ -1,0 +1,493 @@
+//! The audit store: embedded SQLite in WAL mode under the data directory.
+//!
+//! It owns the schema, the batched inserts, retention, and the queries the web app
+//! uses (aggregates for directors, one person's history for a mandated auditor,
+//! lookup by block-page reference). Reading one person's history requires a
+//! written justification and is itself recorded in the same transaction
+//! (`history_access`), so the access can never happen without its trace. The store
+//! is synchronous: the writer task calls it from a blocking thread, never from the
+//! hot path.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::AuditEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("audit store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("reading a user's history needs a written justification (at least {min} characters)")]
+    JustificationRequired { min: usize },
+}
+
+/// Shortest justification accepted for reading one person's history.
+pub const MIN_JUSTIFICATION: usize = 15;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY,
+    time_ms     INTEGER NOT NULL,
+    service     TEXT NOT NULL,
+    client_ip   TEXT NOT NULL,
+    user        TEXT,
+    identity    TEXT NOT NULL,
+    profile     TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    qtype       TEXT,
+    verdict     TEXT NOT NULL,
+    category    TEXT,
+    rule        TEXT NOT NULL,
+    entry       TEXT,
+    via         TEXT,
+    latency_us  INTEGER NOT NULL,
+    reference   TEXT,
+    proxy       TEXT
+);
+CREATE INDEX IF NOT EXISTS events_time ON events(time_ms);
+CREATE INDEX IF NOT EXISTS events_verdict_time ON events(verdict, time_ms);
+CREATE INDEX IF NOT EXISTS events_user_time ON events(user, time_ms) WHERE user IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_reference ON events(reference) WHERE reference IS NOT NULL;
+CREATE TABLE IF NOT EXISTS history_access (
+    id            INTEGER PRIMARY KEY,
+    time_ms       INTEGER NOT NULL,
+    accessed_by   TEXT NOT NULL,
+    subject       TEXT NOT NULL,
+    justification TEXT NOT NULL,
+    from_ms       INTEGER NOT NULL,
+    to_ms         INTEGER NOT NULL
+);
+";
+
+/// A period `[from, to)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Period {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+/// What blocked requests are counted by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dimension {
+    Category,
+    Domain,
+    Profile,
+    /// Start of the hour, RFC 3339 in UTC.
+    Hour,
+}
+
+/// One stored event, as read back.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub time: DateTime<Utc>,
+    pub service: String,
+    pub client_ip: String,
+    pub user: Option<String>,
+    pub profile: String,
+    pub target: String,
+    pub host: String,
+    pub verdict: String,
+    pub category: Option<String>,
+    pub rule: String,
+    pub entry: Option<String>,
+    pub reference: Option<String>,
+}
+
+/// Who reads a person's history, and why: both are recorded.
+#[derive(Clone, Debug)]
+pub struct HistoryAccess<'a> {
+    pub accessed_by: &'a str,
+    pub justification: &'a str,
+}
+
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+/// The host an event is about, for "top blocked domains": the DNS name, or the
+/// proxy's host.
+fn host_of(ev: &AuditEvent) -> String {
+    match &ev.proxy {
+        Some(p) if !p.host.is_empty() => p.host.to_ascii_lowercase(),
+        _ => {
+            let (host, _) = crate::policy::split_url(&ev.target);
+            host.trim_end_matches('.').to_ascii_lowercase()
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`, in WAL mode: readers (the web
+    /// app) never block the writer, and a crash loses at most the last transaction.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let err = |source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // A missing directory surfaces as SQLite's "unable to open" just below.
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        // NORMAL in WAL mode: durable at checkpoints, never corrupt on power loss.
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(err)?;
+        Ok(SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Writes a batch in one transaction: all of it or none of it.
+    pub fn insert_batch(&mut self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO events (time_ms, service, client_ip, user, identity, profile, target, host, qtype,
+                     verdict, category, rule, entry, via, latency_us, reference, proxy)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                )
+                .map_err(err)?;
+            for ev in events {
+                let proxy = ev.proxy.as_ref().and_then(|p| serde_json::to_string(p).ok());
+                let reference = ev.proxy.as_ref().and_then(|p| p.reference.clone());
+                stmt.execute(params![
+                    ms(ev.time),
+                    ev.service,
+                    ev.client_ip.to_string(),
+                    ev.user,
+                    ev.identity,
+                    ev.profile,
+                    ev.target,
+                    host_of(ev),
+                    ev.qtype,
+                    ev.verdict,
+                    ev.category,
+                    ev.rule,
+                    ev.entry,
+                    ev.via,
+                    ev.latency_us as i64,
+                    reference,
+                    proxy,
+                ])
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Deletes events older than `before`, in chunks so the writer is never held
+    /// up for long. Returns how many were deleted.
+    pub fn purge(&mut self, before: DateTime<Utc>) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self
+                .conn
+                .execute(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time_ms < ?1 ORDER BY time_ms LIMIT 10000)",
+                    params![ms(before)],
+                )
+                .map_err(|e| self.err(e))?;
+            total += n;
+            if n < 10000 {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Blocked requests in `period`, counted by `dim`, largest first (hours in
+    /// time order), at most `limit` rows.
+    pub fn blocks_by(&self, dim: Dimension, period: Period, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        let (key, order) = match dim {
+            Dimension::Category => ("COALESCE(category, '')", "n DESC, k"),
+            Dimension::Domain => ("host", "n DESC, k"),
+            Dimension::Profile => ("profile", "n DESC, k"),
+            Dimension::Hour => ("strftime('%Y-%m-%dT%H:00:00Z', time_ms / 1000, 'unixepoch')", "k"),
+        };
+        let sql = format!(
+            "SELECT {key} AS k, COUNT(*) AS n FROM events
+             WHERE verdict = 'block' AND time_ms >= ?1 AND time_ms < ?2
+             GROUP BY k ORDER BY {order} LIMIT ?3"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![ms(period.from), ms(period.to), limit as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The most blocked domains in `period`.
+    pub fn top_blocked_domains(&self, period: Period, n: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        self.blocks_by(Dimension::Domain, period, n)
+    }
+
+    /// One person's history in `period`, newest first, `limit` events before the
+    /// event id `before` (paging). The access is recorded with who and why, in the
+    /// same transaction as the read.
+    pub fn user_history(
+        &mut self,
+        access: &HistoryAccess<'_>,
+        user: &str,
+        period: Period,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        if access.justification.trim().chars().count() < MIN_JUSTIFICATION {
+            return Err(StoreError::JustificationRequired { min: MIN_JUSTIFICATION });
+        }
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute(
+            "INSERT INTO history_access (time_ms, accessed_by, subject, justification, from_ms, to_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                ms(Utc::now()),
+                access.accessed_by,
+                user,
+                access.justification.trim(),
+                ms(period.from),
+                ms(period.to)
+            ],
+        )
+        .map_err(err)?;
+        let events = {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM events WHERE user = ?1 AND time_ms >= ?2 AND time_ms < ?3 AND id < ?4
+                     ORDER BY time_ms DESC, id DESC LIMIT ?5"
+                ))
+                .map_err(err)?;
+            let rows = stmt
+                .query_map(
+                    params![user, ms(period.from), ms(period.to), before.unwrap_or(i64::MAX), limit as i64],
+                    row_to_event,
+                )
+                .map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)?
+        };
+        tx.commit().map_err(err)?;
+        Ok(events)
+    }
+
+    /// Who read whose history, when and why, newest first.
+    pub fn history_accesses(&self, limit: usize) -> Result<Vec<(DateTime<Utc>, String, String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT time_ms, accessed_by, subject, justification FROM history_access ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![limit as i64], |r| Ok((from_ms(r.get(0)?), r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The event with this block-page reference id.
+    pub fn by_reference(&self, reference: &str) -> Result<Option<StoredEvent>, StoreError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM events WHERE reference = ?1"),
+                params![reference],
+                row_to_event,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Number of stored events (tests and health page).
+    pub fn count(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+}
+
+const COLUMNS: &str = "id, time_ms, service, client_ip, user, profile, target, host, verdict, category, rule, entry, reference";
+
+fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        id: r.get(0)?,
+        time: from_ms(r.get(1)?),
+        service: r.get(2)?,
+        client_ip: r.get(3)?,
+        user: r.get(4)?,
+        profile: r.get(5)?,
+        target: r.get(6)?,
+        host: r.get(7)?,
+        verdict: r.get(8)?,
+        category: r.get(9)?,
+        rule: r.get(10)?,
+        entry: r.get(11)?,
+        reference: r.get(12)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::ProxyAudit;
+
+    fn event(minute: i64, user: Option<&str>, host: &str, verdict: &'static str, category: Option<&str>) -> AuditEvent {
+        AuditEvent {
+            time: Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).unwrap() + chrono::Duration::minutes(minute),
+            service: "dns",
+            client_ip: "10.1.2.3".parse().unwrap(),
+            user: user.map(str::to_string),
+            identity: "network",
+            profile: if user.is_some() { "personnel".into() } else { "eleves".into() },
+            target: format!("{host}."),
+            qtype: Some("A".into()),
+            verdict,
+            category: category.map(str::to_string),
+            rule: "rule".into(),
+            entry: None,
+            via: None,
+            latency_us: 10,
+            proxy: None,
+        }
+    }
+
+    fn day() -> Period {
+        Period {
+            from: Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap(),
+            to: Utc.with_ymd_and_hms(2026, 11, 24, 0, 0, 0).unwrap(),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("audit/audit.db")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn aggregates_over_a_period() {
+        let (_d, mut s) = store();
+        s.insert_batch(&[
+            event(0, None, "Casino.example", "block", Some("gambling")),
+            event(1, None, "casino.example", "block", Some("gambling")),
+            event(70, None, "poker.example", "block", Some("gambling")),
+            event(2, None, "porn.example", "block", Some("adult")),
+            event(3, None, "ok.example", "allow", None),
+            event(60 * 30, None, "casino.example", "block", Some("gambling")), // next day
+        ])
+        .unwrap();
+        assert_eq!(s.count().unwrap(), 6);
+        assert_eq!(
+            s.blocks_by(Dimension::Category, day(), 10).unwrap(),
+            vec![("gambling".to_string(), 3), ("adult".to_string(), 1)]
+        );
+        assert_eq!(s.top_blocked_domains(day(), 1).unwrap(), vec![("casino.example".to_string(), 2)]);
+        assert_eq!(
+            s.blocks_by(Dimension::Hour, day(), 24).unwrap(),
+            vec![("2026-11-23T15:00:00Z".to_string(), 3), ("2026-11-23T16:00:00Z".to_string(), 1)]
+        );
+        assert_eq!(s.blocks_by(Dimension::Profile, day(), 10).unwrap(), vec![("eleves".to_string(), 4)]);
+    }
+
+    #[test]
+    fn history_needs_a_reason_and_is_itself_recorded() {
+        let (_d, mut s) = store();
+        let events: Vec<_> = (0..25).map(|m| event(m, Some("mtremblay"), "site.example", "allow", None)).collect();
+        s.insert_batch(&events).unwrap();
+        s.insert_batch(&[event(0, Some("other"), "x.example", "allow", None)]).unwrap();
+        let no_reason = HistoryAccess {
+            accessed_by: "directrice",
+            justification: "because",
+        };
+        assert!(matches!(
+            s.user_history(&no_reason, "mtremblay", day(), None, 10),
+            Err(StoreError::JustificationRequired { .. })
+        ));
+        assert!(s.history_accesses(10).unwrap().is_empty(), "a refused read leaves no access");
+        let access = HistoryAccess {
+            accessed_by: "auditeur1",
+            justification: "Plainte no 2026-114 du conseil d'établissement",
+        };
+        let page1 = s.user_history(&access, "mtremblay", day(), None, 10).unwrap();
+        assert_eq!(page1.len(), 10);
+        assert!(page1.windows(2).all(|w| w[0].time >= w[1].time), "newest first");
+        assert!(page1.iter().all(|e| e.user.as_deref() == Some("mtremblay")));
+        let page3 = s.user_history(&access, "mtremblay", day(), Some(page1[9].id), 100).unwrap();
+        assert_eq!(page3.len(), 15);
+        let log = s.history_accesses(10).unwrap();
+        assert_eq!(log.len(), 2);
+        assert_eq!((log[0].1.as_str(), log[0].2.as_str()), ("auditeur1", "mtremblay"));
+        assert!(log[0].3.contains("Plainte"));
+    }
+
+    #[test]
+    fn reference_lookup_and_purge() {
+        let (_d, mut s) = store();
+        let mut ev = event(0, None, "blocked.example", "block", Some("adult"));
+        ev.service = "proxy";
+        ev.proxy = Some(ProxyAudit {
+            kind: "http",
+            method: "GET".into(),
+            host: "blocked.example".into(),
+            port: 80,
+            reference: Some("R-7F3A".into()),
+            status: 403,
+            ..Default::default()
+        });
+        s.insert_batch(&[ev, event(-60 * 24 * 100, None, "old.example", "block", Some("adult"))]).unwrap();
+        let found = s.by_reference("R-7F3A").unwrap().unwrap();
+        assert_eq!(found.host, "blocked.example");
+        assert_eq!(found.category.as_deref(), Some("adult"));
+        assert!(s.by_reference("nope").unwrap().is_none());
+        let cutoff = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+        assert_eq!(s.purge(cutoff).unwrap(), 1);
+        assert_eq!(s.count().unwrap(), 1);
+    }
+
+    #[test]
+    fn unwritable_path_is_a_clear_error() {
+        let err = SqliteStore::open(Path::new("/proc/vigie/audit.db")).err().unwrap();
+        assert!(err.to_string().starts_with("audit store /proc/vigie/audit.db:"), "{err}");
+    }
+}
