@@ -114,6 +114,14 @@ pub struct Profile {
     pub rules: Vec<Rule>,
 }
 
+/// A static identity: every client in `net` is `user` (if given) with `profile`.
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    pub net: IpNet,
+    pub user: Option<String>,
+    pub profile: ProfileId,
+}
+
 #[derive(Clone, Debug)]
 pub struct Network {
     pub net: IpNet,
@@ -136,6 +144,8 @@ pub struct Config {
     pub profiles: Vec<Profile>,
     /// Sorted most specific first, so the first match wins.
     pub networks: Vec<Network>,
+    /// Static identities, most specific first.
+    pub mappings: Vec<Mapping>,
     pub dns_upstreams: Vec<String>,
     /// The DNS filter's settings (`[dns]`).
     pub dns: DnsConfig,
@@ -555,6 +565,20 @@ impl Validator<'_> {
         }
         networks.sort_by_key(|n| std::cmp::Reverse(n.net.prefix_len()));
 
+        let mut mappings = Vec::new();
+        for m in &raw.mappings {
+            let net = self.cidr(&m.cidr);
+            let profile = self.profile(&profile_names, &m.profile, "mapping");
+            if let (Some(net), Some(profile)) = (net, profile) {
+                mappings.push(Mapping {
+                    net,
+                    user: m.user.clone(),
+                    profile,
+                });
+            }
+        }
+        mappings.sort_by_key(|m| std::cmp::Reverse(m.net.prefix_len()));
+
         let dns_upstreams = raw.dns.upstreams.iter().map(|u| u.get_ref().clone()).collect();
         let dns = self.dns(&raw.dns);
         let proxy = self.proxy(&raw.proxy, base_dir);
@@ -576,6 +600,7 @@ impl Validator<'_> {
             schedules,
             profiles,
             networks,
+            mappings,
             dns_upstreams,
             dns,
             proxy,

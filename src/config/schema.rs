@@ -39,6 +39,10 @@ pub struct RawConfig {
     pub profiles: indexmap::IndexMap<String, RawProfile>,
     #[serde(default)]
     pub networks: Vec<RawNetwork>,
+    /// Static identities: an IP or CIDR that is always the same user or profile
+    /// (lab machines, library printers, a staff room).
+    #[serde(default)]
+    pub mappings: Vec<RawMapping>,
     #[serde(default)]
     pub dns: RawDns,
     #[serde(default)]
@@ -184,6 +188,16 @@ pub struct RawNetwork {
     pub profile: Spanned<String>,
     #[serde(default)]
     pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMapping {
+    pub cidr: Spanned<String>,
+    /// The user this address always is (audit attribution); optional.
+    #[serde(default)]
+    pub user: Option<String>,
+    pub profile: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
