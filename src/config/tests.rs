@@ -209,3 +209,35 @@ fn example_appliance_config_is_valid() {
     assert_eq!(c.networks.len(), 4);
     assert_eq!(c.networks[0].net.to_string(), "10.30.5.0/24", "most specific first");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+    /// Arbitrary text never panics the validator, and every error has a position
+    /// inside the text.
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+        if let Err(e) = parse(&text, "f.toml", Path::new("/")) {
+            for d in &e.0 {
+                proptest::prop_assert!(d.line >= 1 && d.line <= text.lines().count().max(1) + 1, "{d}");
+            }
+        }
+    }
+
+    /// Damaging one byte of a valid config gives either a valid config or located
+    /// errors, never a panic.
+    #[test]
+    fn one_byte_damage_is_located(pos in 0usize..2000, byte in proptest::prelude::any::<u8>()) {
+        let mut bytes = BASE.as_bytes().to_vec();
+        let pos = pos % bytes.len();
+        bytes[pos] = byte;
+        if let Ok(text) = String::from_utf8(bytes)
+            && let Err(e) = parse(&text, "f.toml", Path::new("/"))
+        {
+            proptest::prop_assert!(!e.0.is_empty());
+            for d in &e.0 {
+                proptest::prop_assert!(d.line >= 1 && d.column >= 1, "{d}");
+            }
+        }
+    }
+}
