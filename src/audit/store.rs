@@ -24,6 +24,8 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("audit store {name}: {message}")]
+    Postgres { name: String, message: String },
     #[error("reading a user's history needs a written justification (at least {min} characters)")]
     JustificationRequired { min: usize },
 }
@@ -111,6 +113,66 @@ pub struct HistoryAccess<'a> {
     pub justification: &'a str,
 }
 
+/// What every audit store does; the writer and the web app use only this.
+pub trait Store: Send {
+    /// Writes a batch in one transaction: all of it or none of it.
+    fn insert_batch(&mut self, events: &[AuditEvent]) -> Result<(), StoreError>;
+    /// Deletes events older than `before`; returns how many.
+    fn purge(&mut self, before: DateTime<Utc>) -> Result<usize, StoreError>;
+    /// Blocked requests in `period` counted by `dim`, largest first (hours in time
+    /// order), at most `limit` rows.
+    fn blocks_by(
+        &mut self,
+        dim: Dimension,
+        period: Period,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError>;
+    /// One person's history, newest first, paged by event id; the access itself is
+    /// recorded (who, whose, why, which period) in the same transaction.
+    fn user_history(
+        &mut self,
+        access: &HistoryAccess<'_>,
+        user: &str,
+        period: Period,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Who read whose history, when and why, newest first.
+    fn history_accesses(&mut self, limit: usize) -> Result<Vec<HistoryAccessRecord>, StoreError>;
+    /// The event with this block-page reference id.
+    fn by_reference(&mut self, reference: &str) -> Result<Option<StoredEvent>, StoreError>;
+    /// Number of stored events.
+    fn count(&mut self) -> Result<u64, StoreError>;
+
+    /// The most blocked domains in `period`.
+    fn top_blocked_domains(
+        &mut self,
+        period: Period,
+        n: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.blocks_by(Dimension::Domain, period, n)
+    }
+}
+
+/// One recorded read of a person's history.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HistoryAccessRecord {
+    pub time: DateTime<Utc>,
+    pub accessed_by: String,
+    pub subject: String,
+    pub justification: String,
+}
+
+/// Refuses a history read without a real justification (shared by every store).
+pub fn check_justification(access: &HistoryAccess<'_>) -> Result<(), StoreError> {
+    if access.justification.trim().chars().count() < MIN_JUSTIFICATION {
+        return Err(StoreError::JustificationRequired {
+            min: MIN_JUSTIFICATION,
+        });
+    }
+    Ok(())
+}
+
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
@@ -126,7 +188,7 @@ fn from_ms(v: i64) -> DateTime<Utc> {
 
 /// The host an event is about, for "top blocked domains": the DNS name, or the
 /// proxy's host.
-fn host_of(ev: &AuditEvent) -> String {
+pub(crate) fn host_of(ev: &AuditEvent) -> String {
     match &ev.proxy {
         Some(p) if !p.host.is_empty() => p.host.to_ascii_lowercase(),
         _ => {
@@ -150,11 +212,14 @@ impl SqliteStore {
         }
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
         // NORMAL in WAL mode: durable at checkpoints, never corrupt on power loss.
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(err)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(err)?;
         Ok(SqliteStore {
             conn,
             path: path.to_path_buf(),
@@ -167,9 +232,11 @@ impl SqliteStore {
             source,
         }
     }
+}
 
+impl Store for SqliteStore {
     /// Writes a batch in one transaction: all of it or none of it.
-    pub fn insert_batch(&mut self, events: &[AuditEvent]) -> Result<(), StoreError> {
+    fn insert_batch(&mut self, events: &[AuditEvent]) -> Result<(), StoreError> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -185,7 +252,10 @@ impl SqliteStore {
                 )
                 .map_err(err)?;
             for ev in events {
-                let proxy = ev.proxy.as_ref().and_then(|p| serde_json::to_string(p).ok());
+                let proxy = ev
+                    .proxy
+                    .as_ref()
+                    .and_then(|p| serde_json::to_string(p).ok());
                 let reference = ev.proxy.as_ref().and_then(|p| p.reference.clone());
                 stmt.execute(params![
                     ms(ev.time),
@@ -214,7 +284,7 @@ impl SqliteStore {
 
     /// Deletes events older than `before`, in chunks so the writer is never held
     /// up for long. Returns how many were deleted.
-    pub fn purge(&mut self, before: DateTime<Utc>) -> Result<usize, StoreError> {
+    fn purge(&mut self, before: DateTime<Utc>) -> Result<usize, StoreError> {
         let mut total = 0;
         loop {
             let n = self
@@ -234,12 +304,20 @@ impl SqliteStore {
 
     /// Blocked requests in `period`, counted by `dim`, largest first (hours in
     /// time order), at most `limit` rows.
-    pub fn blocks_by(&self, dim: Dimension, period: Period, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+    fn blocks_by(
+        &mut self,
+        dim: Dimension,
+        period: Period,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
         let (key, order) = match dim {
             Dimension::Category => ("COALESCE(category, '')", "n DESC, k"),
             Dimension::Domain => ("host", "n DESC, k"),
             Dimension::Profile => ("profile", "n DESC, k"),
-            Dimension::Hour => ("strftime('%Y-%m-%dT%H:00:00Z', time_ms / 1000, 'unixepoch')", "k"),
+            Dimension::Hour => (
+                "strftime('%Y-%m-%dT%H:00:00Z', time_ms / 1000, 'unixepoch')",
+                "k",
+            ),
         };
         let sql = format!(
             "SELECT {key} AS k, COUNT(*) AS n FROM events
@@ -255,15 +333,10 @@ impl SqliteStore {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// The most blocked domains in `period`.
-    pub fn top_blocked_domains(&self, period: Period, n: usize) -> Result<Vec<(String, u64)>, StoreError> {
-        self.blocks_by(Dimension::Domain, period, n)
-    }
-
     /// One person's history in `period`, newest first, `limit` events before the
     /// event id `before` (paging). The access is recorded with who and why, in the
     /// same transaction as the read.
-    pub fn user_history(
+    fn user_history(
         &mut self,
         access: &HistoryAccess<'_>,
         user: &str,
@@ -271,9 +344,7 @@ impl SqliteStore {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        if access.justification.trim().chars().count() < MIN_JUSTIFICATION {
-            return Err(StoreError::JustificationRequired { min: MIN_JUSTIFICATION });
-        }
+        check_justification(access)?;
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -302,7 +373,13 @@ impl SqliteStore {
                 .map_err(err)?;
             let rows = stmt
                 .query_map(
-                    params![user, ms(period.from), ms(period.to), before.unwrap_or(i64::MAX), limit as i64],
+                    params![
+                        user,
+                        ms(period.from),
+                        ms(period.to),
+                        before.unwrap_or(i64::MAX),
+                        limit as i64
+                    ],
                     row_to_event,
                 )
                 .map_err(err)?;
@@ -313,7 +390,7 @@ impl SqliteStore {
     }
 
     /// Who read whose history, when and why, newest first.
-    pub fn history_accesses(&self, limit: usize) -> Result<Vec<(DateTime<Utc>, String, String, String)>, StoreError> {
+    fn history_accesses(&mut self, limit: usize) -> Result<Vec<HistoryAccessRecord>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -321,13 +398,20 @@ impl SqliteStore {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![limit as i64], |r| Ok((from_ms(r.get(0)?), r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_map(params![limit as i64], |r| {
+                Ok(HistoryAccessRecord {
+                    time: from_ms(r.get(0)?),
+                    accessed_by: r.get(1)?,
+                    subject: r.get(2)?,
+                    justification: r.get(3)?,
+                })
+            })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// The event with this block-page reference id.
-    pub fn by_reference(&self, reference: &str) -> Result<Option<StoredEvent>, StoreError> {
+    fn by_reference(&mut self, reference: &str) -> Result<Option<StoredEvent>, StoreError> {
         self.conn
             .query_row(
                 &format!("SELECT {COLUMNS} FROM events WHERE reference = ?1"),
@@ -339,7 +423,7 @@ impl SqliteStore {
     }
 
     /// Number of stored events (tests and health page).
-    pub fn count(&self) -> Result<u64, StoreError> {
+    fn count(&mut self) -> Result<u64, StoreError> {
         self.conn
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
@@ -367,19 +451,35 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     })
 }
 
-#[cfg(test)]
-mod tests {
+/// The behaviour every [`Store`] must have, as one function the tests of each store
+/// run against a fresh, empty store (SQLite in unit tests, a real PostgreSQL server
+/// in `tests/audit_postgres.rs`).
+#[doc(hidden)]
+pub mod conformance {
+    use chrono::{TimeZone, Utc};
+
     use super::*;
     use crate::audit::ProxyAudit;
 
-    fn event(minute: i64, user: Option<&str>, host: &str, verdict: &'static str, category: Option<&str>) -> AuditEvent {
+    fn event(
+        minute: i64,
+        user: Option<&str>,
+        host: &str,
+        verdict: &'static str,
+        category: Option<&str>,
+    ) -> AuditEvent {
         AuditEvent {
-            time: Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).unwrap() + chrono::Duration::minutes(minute),
+            time: Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).unwrap()
+                + chrono::Duration::minutes(minute),
             service: "dns",
             client_ip: "10.1.2.3".parse().unwrap(),
             user: user.map(str::to_string),
             identity: "network",
-            profile: if user.is_some() { "personnel".into() } else { "eleves".into() },
+            profile: if user.is_some() {
+                "personnel".into()
+            } else {
+                "eleves".into()
+            },
             target: format!("{host}."),
             qtype: Some("A".into()),
             verdict,
@@ -399,15 +499,14 @@ mod tests {
         }
     }
 
-    fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("audit/audit.db")).unwrap();
-        (dir, s)
+    /// Runs every check on `store`, which must be empty. Panics on the first failure.
+    pub fn run(store: &mut dyn Store) {
+        aggregates_over_a_period(store);
+        history_needs_a_reason_and_is_itself_recorded(store);
+        reference_lookup_and_purge(store);
     }
 
-    #[test]
-    fn aggregates_over_a_period() {
-        let (_d, mut s) = store();
+    fn aggregates_over_a_period(s: &mut dyn Store) {
         s.insert_batch(&[
             event(0, None, "Casino.example", "block", Some("gambling")),
             event(1, None, "casino.example", "block", Some("gambling")),
@@ -422,20 +521,30 @@ mod tests {
             s.blocks_by(Dimension::Category, day(), 10).unwrap(),
             vec![("gambling".to_string(), 3), ("adult".to_string(), 1)]
         );
-        assert_eq!(s.top_blocked_domains(day(), 1).unwrap(), vec![("casino.example".to_string(), 2)]);
+        assert_eq!(
+            s.top_blocked_domains(day(), 1).unwrap(),
+            vec![("casino.example".to_string(), 2)]
+        );
         assert_eq!(
             s.blocks_by(Dimension::Hour, day(), 24).unwrap(),
-            vec![("2026-11-23T15:00:00Z".to_string(), 3), ("2026-11-23T16:00:00Z".to_string(), 1)]
+            vec![
+                ("2026-11-23T15:00:00Z".to_string(), 3),
+                ("2026-11-23T16:00:00Z".to_string(), 1)
+            ]
         );
-        assert_eq!(s.blocks_by(Dimension::Profile, day(), 10).unwrap(), vec![("eleves".to_string(), 4)]);
+        assert_eq!(
+            s.blocks_by(Dimension::Profile, day(), 10).unwrap(),
+            vec![("eleves".to_string(), 4)]
+        );
     }
 
-    #[test]
-    fn history_needs_a_reason_and_is_itself_recorded() {
-        let (_d, mut s) = store();
-        let events: Vec<_> = (0..25).map(|m| event(m, Some("mtremblay"), "site.example", "allow", None)).collect();
+    fn history_needs_a_reason_and_is_itself_recorded(s: &mut dyn Store) {
+        let events: Vec<_> = (0..25)
+            .map(|m| event(m, Some("mtremblay"), "site.example", "allow", None))
+            .collect();
         s.insert_batch(&events).unwrap();
-        s.insert_batch(&[event(0, Some("other"), "x.example", "allow", None)]).unwrap();
+        s.insert_batch(&[event(0, Some("other"), "x.example", "allow", None)])
+            .unwrap();
         let no_reason = HistoryAccess {
             accessed_by: "directrice",
             justification: "because",
@@ -444,26 +553,39 @@ mod tests {
             s.user_history(&no_reason, "mtremblay", day(), None, 10),
             Err(StoreError::JustificationRequired { .. })
         ));
-        assert!(s.history_accesses(10).unwrap().is_empty(), "a refused read leaves no access");
+        assert!(
+            s.history_accesses(10).unwrap().is_empty(),
+            "a refused read leaves no access"
+        );
         let access = HistoryAccess {
             accessed_by: "auditeur1",
             justification: "Plainte no 2026-114 du conseil d'établissement",
         };
-        let page1 = s.user_history(&access, "mtremblay", day(), None, 10).unwrap();
+        let page1 = s
+            .user_history(&access, "mtremblay", day(), None, 10)
+            .unwrap();
         assert_eq!(page1.len(), 10);
-        assert!(page1.windows(2).all(|w| w[0].time >= w[1].time), "newest first");
+        assert!(
+            page1.windows(2).all(|w| w[0].time >= w[1].time),
+            "newest first"
+        );
         assert!(page1.iter().all(|e| e.user.as_deref() == Some("mtremblay")));
-        let page3 = s.user_history(&access, "mtremblay", day(), Some(page1[9].id), 100).unwrap();
-        assert_eq!(page3.len(), 15);
+        let rest = s
+            .user_history(&access, "mtremblay", day(), Some(page1[9].id), 100)
+            .unwrap();
+        assert_eq!(rest.len(), 15);
+        assert!(rest.iter().all(|e| e.time <= page1[9].time));
         let log = s.history_accesses(10).unwrap();
         assert_eq!(log.len(), 2);
-        assert_eq!((log[0].1.as_str(), log[0].2.as_str()), ("auditeur1", "mtremblay"));
-        assert!(log[0].3.contains("Plainte"));
+        assert_eq!(
+            (log[0].accessed_by.as_str(), log[0].subject.as_str()),
+            ("auditeur1", "mtremblay")
+        );
+        assert!(log[0].justification.contains("Plainte"));
     }
 
-    #[test]
-    fn reference_lookup_and_purge() {
-        let (_d, mut s) = store();
+    fn reference_lookup_and_purge(s: &mut dyn Store) {
+        let before = s.count().unwrap();
         let mut ev = event(0, None, "blocked.example", "block", Some("adult"));
         ev.service = "proxy";
         ev.proxy = Some(ProxyAudit {
@@ -475,19 +597,46 @@ mod tests {
             status: 403,
             ..Default::default()
         });
-        s.insert_batch(&[ev, event(-60 * 24 * 100, None, "old.example", "block", Some("adult"))]).unwrap();
+        s.insert_batch(&[
+            ev,
+            event(-60 * 24 * 100, None, "old.example", "block", Some("adult")),
+        ])
+        .unwrap();
         let found = s.by_reference("R-7F3A").unwrap().unwrap();
         assert_eq!(found.host, "blocked.example");
         assert_eq!(found.category.as_deref(), Some("adult"));
         assert!(s.by_reference("nope").unwrap().is_none());
         let cutoff = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
         assert_eq!(s.purge(cutoff).unwrap(), 1);
-        assert_eq!(s.count().unwrap(), 1);
+        assert_eq!(s.count().unwrap(), before + 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_store_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("audit/audit.db")).unwrap();
+        conformance::run(&mut s);
+        // Reopening finds the same events (durable, schema idempotent).
+        let n = s.count().unwrap();
+        drop(s);
+        let mut again = SqliteStore::open(&dir.path().join("audit/audit.db")).unwrap();
+        assert_eq!(again.count().unwrap(), n);
     }
 
     #[test]
     fn unwritable_path_is_a_clear_error() {
-        let err = SqliteStore::open(Path::new("/proc/vigie/audit.db")).err().unwrap();
-        assert!(err.to_string().starts_with("audit store /proc/vigie/audit.db:"), "{err}");
+        let err = SqliteStore::open(Path::new("/proc/vigie/audit.db"))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("audit store /proc/vigie/audit.db:"),
+            "{err}"
+        );
     }
 }
