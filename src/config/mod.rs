@@ -114,6 +114,24 @@ pub struct Profile {
     pub rules: Vec<Rule>,
 }
 
+/// LDAP / Active Directory settings, validated.
+#[derive(Clone, Debug)]
+pub struct LdapSettings {
+    pub url: String,
+    pub starttls: bool,
+    pub user_dn: Option<String>,
+    pub base_dn: Option<String>,
+    pub user_filter: String,
+    pub bind_dn: Option<String>,
+    pub bind_password_file: Option<PathBuf>,
+    pub group_base: Option<String>,
+    pub group_filter: String,
+    pub timeout: std::time::Duration,
+    pub cache_ttl: std::time::Duration,
+    /// (lowercased group DN, profile name), first match wins.
+    pub groups: Vec<(String, String)>,
+}
+
 /// A static identity: every client in `net` is `user` (if given) with `profile`.
 #[derive(Clone, Debug)]
 pub struct Mapping {
@@ -146,6 +164,7 @@ pub struct Config {
     pub networks: Vec<Network>,
     /// Static identities, most specific first.
     pub mappings: Vec<Mapping>,
+    pub ldap: Option<LdapSettings>,
     pub dns_upstreams: Vec<String>,
     /// The DNS filter's settings (`[dns]`).
     pub dns: DnsConfig,
@@ -579,6 +598,8 @@ impl Validator<'_> {
         }
         mappings.sort_by_key(|m| std::cmp::Reverse(m.net.prefix_len()));
 
+        let ldap = raw.ldap.as_ref().and_then(|l| self.ldap(l, &profile_names, base_dir));
+
         let dns_upstreams = raw.dns.upstreams.iter().map(|u| u.get_ref().clone()).collect();
         let dns = self.dns(&raw.dns);
         let proxy = self.proxy(&raw.proxy, base_dir);
@@ -601,6 +622,7 @@ impl Validator<'_> {
             profiles,
             networks,
             mappings,
+            ldap,
             dns_upstreams,
             dns,
             proxy,
@@ -741,6 +763,45 @@ impl Validator<'_> {
         }
     }
 
+    fn ldap(&mut self, l: &schema::RawLdap, profiles: &[String], base_dir: &Path) -> Option<LdapSettings> {
+        let url = l.url.get_ref();
+        if !(url.starts_with("ldap://") || url.starts_with("ldaps://")) {
+            self.error_at(l.url.span(), format!("invalid LDAP url \"{url}\" (expected ldaps://host or ldap://host)"));
+        }
+        if url.starts_with("ldap://") && !l.starttls && !is_loopback_url(url) {
+            self.error_at(
+                l.url.span(),
+                "passwords would cross the network in clear: use ldaps:// or set starttls = true",
+            );
+        }
+        if l.user_dn.is_none() && (l.base_dn.is_none() || l.user_filter.is_none()) {
+            self.error_at(l.url.span(), "[ldap] needs user_dn, or base_dn and user_filter");
+        }
+        let mut groups = Vec::new();
+        for g in &l.groups {
+            if self.profile(profiles, &g.profile, "ldap group").is_some() {
+                groups.push((g.dn.to_ascii_lowercase(), g.profile.get_ref().clone()));
+            }
+        }
+        Some(LdapSettings {
+            url: url.clone(),
+            starttls: l.starttls,
+            user_dn: l.user_dn.clone(),
+            base_dn: l.base_dn.clone(),
+            user_filter: l.user_filter.clone().unwrap_or_else(|| "(uid={user})".into()),
+            bind_dn: l.bind_dn.clone(),
+            bind_password_file: l.bind_password_file.as_ref().map(|f| base_dir.join(f)),
+            group_base: l.group_base.clone(),
+            group_filter: l
+                .group_filter
+                .clone()
+                .unwrap_or_else(|| "(|(member={dn})(uniqueMember={dn}))".into()),
+            timeout: std::time::Duration::from_millis(l.timeout_ms.unwrap_or(5000)),
+            cache_ttl: std::time::Duration::from_secs(l.cache_seconds.unwrap_or(300)),
+            groups,
+        })
+    }
+
     fn cidr(&mut self, s: &Spanned<String>) -> Option<IpNet> {
         let text = s.get_ref().trim();
         let parsed = text
@@ -806,6 +867,12 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// `ldap://127.0.0.1:…` / `ldap://localhost…`: clear text that never leaves the box.
+fn is_loopback_url(url: &str) -> bool {
+    let host = url.trim_start_matches("ldap://").split(['/', ':']).next().unwrap_or("");
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn valid_ident(s: &str) -> bool {

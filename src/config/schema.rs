@@ -43,6 +43,9 @@ pub struct RawConfig {
     /// (lab machines, library printers, a staff room).
     #[serde(default)]
     pub mappings: Vec<RawMapping>,
+    /// LDAP / Active Directory authentication; absent = local users file only.
+    #[serde(default)]
+    pub ldap: Option<RawLdap>,
     #[serde(default)]
     pub dns: RawDns,
     #[serde(default)]
@@ -188,6 +191,49 @@ pub struct RawNetwork {
     pub profile: Spanned<String>,
     #[serde(default)]
     pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLdap {
+    /// `ldaps://ad.example.qc.ca` (TLS) or `ldap://…` with `starttls = true`.
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub starttls: bool,
+    /// DN of a user, `{user}` replaced by the escaped login: direct bind, no search.
+    #[serde(default)]
+    pub user_dn: Option<String>,
+    /// Otherwise: search `user_filter` (e.g. `(sAMAccountName={user})`) under
+    /// `base_dn` with the service account, then bind as the DN found.
+    #[serde(default)]
+    pub base_dn: Option<String>,
+    #[serde(default)]
+    pub user_filter: Option<String>,
+    #[serde(default)]
+    pub bind_dn: Option<String>,
+    /// File holding the service account's password (never in the config itself).
+    #[serde(default)]
+    pub bind_password_file: Option<String>,
+    /// Where groups live, and how a group names its members (`{dn}` = the user's DN).
+    #[serde(default)]
+    pub group_base: Option<String>,
+    #[serde(default)]
+    pub group_filter: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// How long a successful login is remembered (saves a bind per request).
+    #[serde(default)]
+    pub cache_seconds: Option<u64>,
+    /// Group DN → profile, first match wins.
+    #[serde(default)]
+    pub groups: Vec<RawLdapGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLdapGroup {
+    pub dn: String,
+    pub profile: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

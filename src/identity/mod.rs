@@ -2,6 +2,8 @@
 //! unidentified client its profile; proxy authentication, the captive portal, LDAP
 //! and static user mappings plug in here later. Nothing here decides or records.
 
+pub mod ldap;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -1,0 +1,164 @@
+//! LDAP authentication against a real OpenLDAP server (Debian `slapd`, installed by
+//! `tests/run`) that this test configures and starts on loopback.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vigie::config;
+use vigie::identity::ldap::{LdapAuthenticator, LdapError};
+
+const SUFFIX: &str = "dc=csmb,dc=qc,dc=ca";
+
+struct Slapd {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_slapd() -> Slapd {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    std::fs::create_dir(dir.path().join("db")).unwrap();
+    let conf = format!(
+        "include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+include /etc/ldap/schema/nis.schema
+pidfile {d}/slapd.pid
+modulepath /usr/lib/ldap
+moduleload back_mdb
+database mdb
+maxsize 10485760
+suffix \"{SUFFIX}\"
+rootdn \"cn=admin,{SUFFIX}\"
+rootpw service-secret
+directory {d}/db
+access to attrs=userPassword by self read by anonymous auth by * none
+access to * by * read
+"
+    );
+    std::fs::write(dir.path().join("slapd.conf"), conf).unwrap();
+    let person = |uid: &str, pw: &str| {
+        format!(
+            "dn: uid={uid},ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\nuserPassword: {pw}\n\n"
+        )
+    };
+    let ldif = format!(
+        "dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\no: CSMB\ndc: csmb\n\n\
+         dn: ou=people,{SUFFIX}\nobjectClass: organizationalUnit\nou: people\n\n\
+         dn: ou=Groupes,{SUFFIX}\nobjectClass: organizationalUnit\nou: Groupes\n\n\
+         {}{}{}\
+         dn: cn=Eleves,ou=Groupes,{SUFFIX}\nobjectClass: groupOfNames\ncn: Eleves\nmember: uid=eleve1,ou=people,{SUFFIX}\n\n\
+         dn: cn=Personnel,ou=Groupes,{SUFFIX}\nobjectClass: groupOfNames\ncn: Personnel\nmember: uid=mtremblay,ou=people,{SUFFIX}\n\n",
+        person("eleve1", "motdepasse-eleve"),
+        person("mtremblay", "motdepasse-prof"),
+        person("nogroup", "motdepasse-x"),
+    );
+    std::fs::write(dir.path().join("init.ldif"), ldif).unwrap();
+    let out = Command::new("/usr/sbin/slapadd")
+        .arg("-f")
+        .arg(dir.path().join("slapd.conf"))
+        .arg("-l")
+        .arg(dir.path().join("init.ldif"))
+        .output()
+        .expect("slapadd (Debian package slapd; tests/run installs it)");
+    assert!(out.status.success(), "slapadd: {}", String::from_utf8_lossy(&out.stderr));
+    let port = free_port();
+    let child = Command::new("/usr/sbin/slapd")
+        .arg("-f")
+        .arg(dir.path().join("slapd.conf"))
+        .args(["-h", &format!("ldap://127.0.0.1:{port}/"), "-d", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "slapd did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Slapd { child, dir, port }
+}
+
+fn settings(slapd: &Slapd, extra: &str) -> config::LdapSettings {
+    let text = format!(
+        "[profiles.eleves]\n[profiles.personnel]\n[profiles.invites]\n\n[ldap]\nurl = \"ldap://127.0.0.1:{}\"\n{extra}\n\
+         group_base = \"ou=Groupes,{SUFFIX}\"\n\
+         [[ldap.groups]]\ndn = \"CN=Eleves,OU=Groupes,DC=csmb,DC=qc,DC=ca\"\nprofile = \"eleves\"\n\
+         [[ldap.groups]]\ndn = \"cn=Personnel,ou=Groupes,{SUFFIX}\"\nprofile = \"personnel\"\n",
+        slapd.port
+    );
+    config::parse(&text, "ldap.toml", slapd.dir.path())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .ldap
+        .expect("ldap settings")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_groups_profiles_and_cache() {
+    let mut slapd = start_slapd();
+    let auth = LdapAuthenticator::new(settings(&slapd, &format!("user_dn = \"uid={{user}},ou=people,{SUFFIX}\""))).unwrap();
+
+    let who = auth.authenticate("eleve1", "motdepasse-eleve").await.unwrap();
+    assert_eq!(who.dn, format!("uid=eleve1,ou=people,{SUFFIX}"));
+    assert_eq!(who.profile.as_deref(), Some("eleves"), "group DN matched case-insensitively");
+    let prof = auth.authenticate("mtremblay", "motdepasse-prof").await.unwrap();
+    assert_eq!(prof.profile.as_deref(), Some("personnel"));
+    let none = auth.authenticate("nogroup", "motdepasse-x").await.unwrap();
+    assert_eq!(none.profile, None);
+
+    for (user, pw) in [("eleve1", "mauvais"), ("inconnu", "x"), ("eleve1", ""), ("eleve1)(uid=*", "x")] {
+        assert!(
+            matches!(auth.authenticate(user, pw).await, Err(LdapError::InvalidCredentials)),
+            "{user}/{pw} must be refused"
+        );
+    }
+
+    // A remembered login survives a short LDAP outage; a wrong password never hits
+    // the cache.
+    let _ = slapd.child.kill();
+    let _ = slapd.child.wait();
+    assert_eq!(auth.authenticate("eleve1", "motdepasse-eleve").await.unwrap().profile.as_deref(), Some("eleves"));
+    assert!(auth.authenticate("eleve1", "mauvais").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_with_service_account() {
+    let slapd = start_slapd();
+    std::fs::write(slapd.dir.path().join("bind.pw"), "service-secret\n").unwrap();
+    let extra = format!(
+        "base_dn = \"ou=people,{SUFFIX}\"\nuser_filter = \"(uid={{user}})\"\nbind_dn = \"cn=admin,{SUFFIX}\"\nbind_password_file = \"bind.pw\""
+    );
+    let auth = LdapAuthenticator::new(settings(&slapd, &extra)).unwrap();
+    let who = auth.authenticate("mtremblay", "motdepasse-prof").await.unwrap();
+    assert_eq!(who.dn, format!("uid=mtremblay,ou=people,{SUFFIX}"));
+    assert_eq!(who.profile.as_deref(), Some("personnel"));
+    assert!(matches!(auth.authenticate("personne", "x").await, Err(LdapError::InvalidCredentials)));
+}
+
+#[test]
+fn clear_text_ldap_off_the_box_is_refused() {
+    let err = config::parse(
+        "[profiles.invites]\n[ldap]\nurl = \"ldap://ad.csmb.qc.ca\"\nuser_dn = \"uid={user}\"\n",
+        "v.toml",
+        Path::new("/"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        "v.toml:3:7: passwords would cross the network in clear: use ldaps:// or set starttls = true"
+    );
+}
