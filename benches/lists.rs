@@ -30,7 +30,10 @@ impl Rng {
     }
 
     fn label(&mut self) -> String {
-        const SYLL: [&str; 16] = ["ka", "lo", "mi", "ne", "ro", "sa", "ti", "vu", "za", "be", "co", "da", "fi", "go", "hu", "je"];
+        const SYLL: [&str; 16] = [
+            "ka", "lo", "mi", "ne", "ro", "sa", "ti", "vu", "za", "be", "co", "da", "fi", "go",
+            "hu", "je",
+        ];
         let n = 2 + self.next() % 3;
         (0..n).map(|_| SYLL[(self.next() % 16) as usize]).collect()
     }
@@ -64,7 +67,11 @@ fn domains_file() -> PathBuf {
         let mut rng = Rng(0x5EED);
         let mut text = String::new();
         for i in 0..300_000 {
-            text.push_str(&format!("{}{i}.{}\n", rng.label(), ["com", "net", "org", "fr"][i % 4]));
+            text.push_str(&format!(
+                "{}{i}.{}\n",
+                rng.label(),
+                ["com", "net", "org", "fr"][i % 4]
+            ));
         }
         let _ = std::fs::create_dir_all(synthetic.parent().unwrap_or(Path::new(".")));
         std::fs::write(&synthetic, text).expect("write synthetic bench list");
@@ -99,22 +106,37 @@ fn bench_domains(c: &mut Criterion) {
     // Queries spread over the whole list (so the table is read cold, as in real
     // traffic), each turned into a 3-label host: `www.` + a 2-label listed name.
     let text = std::fs::read_to_string(&file).expect("read bench list");
-    let two_labels: Vec<&str> = text.lines().filter(|l| l.matches('.').count() == 1).collect();
+    let two_labels: Vec<&str> = text
+        .lines()
+        .filter(|l| l.matches('.').count() == 1)
+        .collect();
     let mut rng = Rng(42);
     const QUERIES: usize = 1 << 20;
     let hits: Vec<String> = (0..QUERIES)
-        .map(|_| format!("www.{}", two_labels[(rng.next() as usize) % two_labels.len()]))
+        .map(|_| {
+            format!(
+                "www.{}",
+                two_labels[(rng.next() as usize) % two_labels.len()]
+            )
+        })
         .collect();
     let misses: Vec<String> = (0..QUERIES)
         .map(|_| format!("www.{}{}.com", rng.label(), rng.next() % 1_000_000_000))
         .collect();
     assert!(hits.iter().take(1000).all(|h| !set.lookup(h).is_empty()));
-    let false_hits = misses.iter().take(10_000).filter(|h| !set.lookup(h).is_empty()).count();
+    let false_hits = misses
+        .iter()
+        .take(10_000)
+        .filter(|h| !set.lookup(h).is_empty())
+        .count();
     eprintln!("miss queries that are listed after all: {false_hits}/10000");
 
     let mut g = c.benchmark_group("domains");
     g.throughput(Throughput::Elements(1));
-    for (name, queries) in [("lookup_hit_3labels", &hits), ("lookup_miss_3labels", &misses)] {
+    for (name, queries) in [
+        ("lookup_hit_3labels", &hits),
+        ("lookup_miss_3labels", &misses),
+    ] {
         let mut i = 0usize;
         g.bench_function(name, |b| {
             b.iter(|| {
@@ -153,7 +175,11 @@ fn bench_ips(c: &mut Criterion) {
     for i in 0..100_000 {
         let r = rng.next();
         if i % 10 == 0 {
-            text.push_str(&format!("2001:{:x}:{:x}::/48\n", (r >> 16) & 0xffff, r & 0xffff));
+            text.push_str(&format!(
+                "2001:{:x}:{:x}::/48\n",
+                (r >> 16) & 0xffff,
+                r & 0xffff
+            ));
         } else {
             let a = (r as u32).to_be_bytes();
             let len = [32, 32, 32, 32, 24, 24, 16][(r >> 40) as usize % 7];
@@ -170,7 +196,11 @@ fn bench_ips(c: &mut Criterion) {
         exception: false,
     }];
     let lists = Lists::compile(&specs, None).expect("compile ips");
-    eprintln!("ips: {} prefixes after aggregation, {} heap bytes", lists.ips.len(), lists.ips.memory_bytes());
+    eprintln!(
+        "ips: {} prefixes after aggregation, {} heap bytes",
+        lists.ips.len(),
+        lists.ips.memory_bytes()
+    );
     let queries: Vec<IpAddr> = (0..(1 << 16))
         .map(|i| {
             let r = rng.next();
@@ -199,7 +229,11 @@ fn bench_urls(c: &mut Criterion) {
         eprintln!("urls: {} absent, skipped", ut1.display());
         return;
     };
-    let mut categories: Vec<PathBuf> = dirs.filter_map(|d| d.ok()).map(|d| d.path()).filter(|p| p.is_dir()).collect();
+    let mut categories: Vec<PathBuf> = dirs
+        .filter_map(|d| d.ok())
+        .map(|d| d.path())
+        .filter(|p| p.is_dir())
+        .collect();
     categories.sort();
     let specs: Vec<SourceSpec> = categories
         .iter()
@@ -230,7 +264,14 @@ fn bench_urls(c: &mut Criterion) {
         }
     }
     let mut rng = Rng(99);
-    let paths = ["/", "/index.html", "/search?q=cats&lang=fr", "/images/logo.png", "/watch?v=abc123", "/a/b/c/d.js"];
+    let paths = [
+        "/",
+        "/index.html",
+        "/search?q=cats&lang=fr",
+        "/images/logo.png",
+        "/watch?v=abc123",
+        "/a/b/c/d.js",
+    ];
     let urls: Vec<String> = (0..(1 << 16))
         .map(|i| {
             let path = paths[(rng.next() % paths.len() as u64) as usize];
@@ -244,7 +285,10 @@ fn bench_urls(c: &mut Criterion) {
             }
         })
         .collect();
-    let blocked = urls.iter().filter(|u| !lists.urls.lookup(u).is_empty()).count();
+    let blocked = urls
+        .iter()
+        .filter(|u| !lists.urls.lookup(u).is_empty())
+        .count();
     eprintln!("urls: {blocked}/{} benchmark URLs match", urls.len());
 
     let mut g = c.benchmark_group("urls");

@@ -75,7 +75,12 @@ fn measure(mode: &str, file: &Path, cache: &Path) {
         // A latency sanity check without criterion: median of 1 M single lookups,
         // each timed in batches of 64 to stay above the clock's resolution.
         let text = std::fs::read_to_string(file).unwrap_or_default();
-        let names: Vec<String> = text.lines().step_by(7).take(1 << 16).map(|l| format!("www.{l}")).collect();
+        let names: Vec<String> = text
+            .lines()
+            .step_by(7)
+            .take(1 << 16)
+            .map(|l| format!("www.{l}"))
+            .collect();
         let mut samples = Vec::new();
         for chunk in names.chunks(64).cycle().take(16384) {
             let t = Instant::now();
@@ -85,7 +90,10 @@ fn measure(mode: &str, file: &Path, cache: &Path) {
             samples.push(t.elapsed().as_nanos() as f64 / chunk.len() as f64);
         }
         samples.sort_by(f64::total_cmp);
-        println!("cache: lookup median {:.0} ns (hosts = www. + listed name)", samples[samples.len() / 2]);
+        println!(
+            "cache: lookup median {:.0} ns (hosts = www. + listed name)",
+            samples[samples.len() / 2]
+        );
     }
     drop(black_box(lists));
 }
@@ -101,13 +109,17 @@ fn main() {
         return;
     }
     let cache = std::env::temp_dir().join(format!("vigie-lists-mem-{}", std::process::id()));
-    let cache = std::env::var("VIGIE_MEM_CACHE").map(PathBuf::from).unwrap_or(cache);
+    let cache = std::env::var("VIGIE_MEM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or(cache);
     if let Ok(mode) = std::env::var("VIGIE_MEM_MODE") {
         measure(&mode, &file, &cache);
         return;
     }
     let _ = std::fs::remove_dir_all(&cache);
-    let Ok(exe) = std::env::current_exe() else { return };
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
     for mode in ["build", "cache"] {
         let status = std::process::Command::new(&exe)
             .env("VIGIE_MEM_MODE", mode)

@@ -1,5 +1,5 @@
 //! Wiring of `vigie run`: builds the first snapshot, starts every service as a task
-//! under one `CancellationToken` + `JoinSet` (DNS filter, admin listener, reload
+//! under one `CancellationToken` + `JoinSet` (DNS filter, forward proxy, admin listener, reload
 //! watcher, upkeep), reloads the snapshot on SIGHUP and file changes, and on Ctrl-C /
 //! SIGTERM stops accepting, lets in-flight queries finish and flushes the audit queue.
 //!
@@ -33,7 +33,7 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(10);
 pub struct RunOptions {
     pub config: Option<PathBuf>,
     pub dns_listen: SocketAddr,
-    /// Where the explicit proxy will listen (the proxy service is another issue).
+    /// Where the explicit proxy listens.
     pub proxy_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub upstreams: Vec<String>,
@@ -62,7 +62,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     runtime.block_on(serve(opts, snapshot, cache_dir))
 }
 
-async fn serve(opts: RunOptions, snapshot: Snapshot, cache_dir: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(
+    opts: RunOptions,
+    snapshot: Snapshot,
+    cache_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let store = Arc::new(SnapshotStore::new(snapshot));
     let cancel = CancellationToken::new();
     let mut tasks: JoinSet<()> = JoinSet::new();
@@ -78,7 +82,15 @@ async fn serve(opts: RunOptions, snapshot: Snapshot, cache_dir: Option<PathBuf>)
     let audit_cancel = CancellationToken::new();
     let audit_task = tokio::spawn(writer.run(audit_cancel.clone()));
 
-    let (handler, listeners) = crate::dns::setup(store.clone(), opts.dns_listen, &opts.upstreams, audit)?;
+    // Who is logged in where: filled by the proxy/portal logins, read by every service.
+    let identities = Arc::new(crate::identity::IdentityTable::new());
+    let (handler, listeners) = crate::dns::setup(
+        store.clone(),
+        identities.clone(),
+        opts.dns_listen,
+        &opts.upstreams,
+        audit.clone(),
+    )?;
     let dns_addr = listeners.local_addr();
     listeners.serve(handler.clone(), &mut tasks, tracker.clone(), cancel.clone());
 
@@ -86,9 +98,32 @@ async fn serve(opts: RunOptions, snapshot: Snapshot, cache_dir: Option<PathBuf>)
         .await
         .with_context(|| format!("cannot listen for admin on {}", opts.admin_listen))?;
     let admin_addr = admin.local_addr()?;
-    tasks.spawn(serve_admin(admin, cancel.clone()));
 
-    tasks.spawn(reload_loop(store.clone(), opts.config.clone(), cache_dir, cancel.clone()));
+    // The forward proxy (issue 5): never forwards to vigie's own listeners.
+    let proxy = crate::proxy::setup(
+        store.clone(),
+        audit.clone(),
+        crate::proxy::Setup {
+            listen: opts.proxy_listen,
+            own: vec![dns_addr, admin_addr],
+            data_dir: opts.data_dir.clone(),
+            admin_url: format!("http://{admin_addr}"),
+        },
+    )
+    .await?;
+    let proxy_addr = proxy.local_addr().unwrap_or(opts.proxy_listen);
+    let (transparent_http, transparent_tls) = proxy.transparent_addrs();
+    proxy.serve(&mut tasks, tracker.clone(), cancel.clone());
+    let pac = crate::proxy::pac::router(store.clone(), proxy_addr);
+
+    tasks.spawn(serve_admin(admin, pac, cancel.clone()));
+
+    tasks.spawn(reload_loop(
+        store.clone(),
+        opts.config.clone(),
+        cache_dir,
+        cancel.clone(),
+    ));
 
     let h = handler.clone();
     let c = cancel.clone();
@@ -106,8 +141,18 @@ async fn serve(opts: RunOptions, snapshot: Snapshot, cache_dir: Option<PathBuf>)
         "dns on {dns_addr} (udp+tcp), upstreams {}, admin on http://{admin_addr}",
         handler_upstreams(&handler)
     );
+    tracing::info!(
+        "proxy on {proxy_addr}, transparent http {transparent_http:?}, transparent tls {transparent_tls:?}"
+    );
     // Scripts and tests wait for this line (and read the ports from it).
-    println!("vigie ready: dns {dns_addr} admin {admin_addr}");
+    let mut ready = format!("vigie ready: dns {dns_addr} admin {admin_addr} proxy {proxy_addr}");
+    if let Some(a) = transparent_http {
+        ready.push_str(&format!(" transparent_http {a}"));
+    }
+    if let Some(a) = transparent_tls {
+        ready.push_str(&format!(" transparent_tls {a}"));
+    }
+    println!("{ready}");
 
     wait_for_shutdown(&cancel, &mut tasks).await;
     tracing::info!("shutting down");
@@ -124,7 +169,10 @@ async fn serve(opts: RunOptions, snapshot: Snapshot, cache_dir: Option<PathBuf>)
     }
     drop(handler);
     audit_cancel.cancel();
-    if tokio::time::timeout(SHUTDOWN_GRACE, audit_task).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, audit_task)
+        .await
+        .is_err()
+    {
         tracing::warn!("audit queue not flushed within {SHUTDOWN_GRACE:?}");
     }
     tracing::info!("stopped");
@@ -132,7 +180,11 @@ async fn serve(opts: RunOptions, snapshot: Snapshot, cache_dir: Option<PathBuf>)
 }
 
 fn handler_upstreams(h: &crate::dns::Handler) -> String {
-    h.upstream_specs().iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+    h.upstream_specs()
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Returns on Ctrl-C, SIGTERM, or a service task ending on its own (which means it
@@ -162,14 +214,28 @@ async fn wait_for_shutdown(cancel: &CancellationToken, tasks: &mut JoinSet<()>) 
     }
 }
 
-async fn serve_admin(listener: tokio::net::TcpListener, cancel: CancellationToken) {
+/// `extra`: routes other services mount (the proxy's `/proxy.pac` and `/wpad.dat`).
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    extra: axum::Router,
+    cancel: CancellationToken,
+) {
     use axum::routing::get;
     let app = axum::Router::new()
         .route(
             "/metrics",
-            get(|| async { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render()) }),
+            get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    metrics::render(),
+                )
+            }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(extra);
     let shutdown = cancel.clone();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -181,16 +247,29 @@ async fn serve_admin(listener: tokio::net::TcpListener, cancel: CancellationToke
 
 fn publish_snapshot_metrics(s: &Snapshot) {
     metrics::SNAPSHOT_VERSION.set(s.version as i64);
-    metrics::LIST_ENTRIES.with_label_values(&["domain"]).set(s.lists.domains.len() as i64);
-    metrics::LIST_ENTRIES.with_label_values(&["url"]).set(s.lists.urls.len() as i64);
-    metrics::LIST_ENTRIES.with_label_values(&["ip"]).set(s.lists.ips.len() as i64);
+    metrics::LIST_ENTRIES
+        .with_label_values(&["domain"])
+        .set(s.lists.domains.len() as i64);
+    metrics::LIST_ENTRIES
+        .with_label_values(&["url"])
+        .set(s.lists.urls.len() as i64);
+    metrics::LIST_ENTRIES
+        .with_label_values(&["ip"])
+        .set(s.lists.ips.len() as i64);
 }
 
 /// Builds a new snapshot off the hot path and swaps it in; a snapshot that fails to
 /// build is rejected and the current one keeps serving.
-pub async fn reload(store: &SnapshotStore, config: Option<PathBuf>, cache_dir: Option<PathBuf>) -> bool {
+pub async fn reload(
+    store: &SnapshotStore,
+    config: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+) -> bool {
     let started = Instant::now();
-    let built = tokio::task::spawn_blocking(move || Snapshot::load(config.as_deref(), cache_dir.as_deref())).await;
+    let built = tokio::task::spawn_blocking(move || {
+        Snapshot::load(config.as_deref(), cache_dir.as_deref())
+    })
+    .await;
     let old = store.load();
     match built {
         Ok(Ok(next)) => {
@@ -199,18 +278,29 @@ pub async fn reload(store: &SnapshotStore, config: Option<PathBuf>, cache_dir: O
             let version = next.version;
             let _ = store.reload(|| Ok::<_, std::convert::Infallible>(next));
             metrics::RELOAD_TOTAL.with_label_values(&["accepted"]).inc();
-            tracing::info!(version, previous = old.version, "reload accepted in {:?}", started.elapsed());
+            tracing::info!(
+                version,
+                previous = old.version,
+                "reload accepted in {:?}",
+                started.elapsed()
+            );
             retire(old);
             true
         }
         Ok(Err(e)) => {
             metrics::RELOAD_TOTAL.with_label_values(&["rejected"]).inc();
-            tracing::error!(serving = old.version, "reload rejected, the current snapshot keeps serving:\n{e}");
+            tracing::error!(
+                serving = old.version,
+                "reload rejected, the current snapshot keeps serving:\n{e}"
+            );
             false
         }
         Err(e) => {
             metrics::RELOAD_TOTAL.with_label_values(&["rejected"]).inc();
-            tracing::error!(serving = old.version, "reload rejected: snapshot build failed: {e}");
+            tracing::error!(
+                serving = old.version,
+                "reload rejected: snapshot build failed: {e}"
+            );
             false
         }
     }
@@ -251,22 +341,27 @@ fn absolute(p: &Path) -> PathBuf {
 fn watch(paths: &BTreeSet<PathBuf>, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::{EventKind, RecursiveMode, Watcher};
     let interesting = paths.clone();
-    let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let Ok(ev) = res else { return };
-        if matches!(ev.kind, EventKind::Access(_)) {
-            return;
-        }
-        if ev.paths.iter().any(|p| interesting.iter().any(|w| p.starts_with(w))) {
-            // A full channel already holds a pending reload: nothing is lost.
-            let _ = tx.try_send(());
-        }
-    }) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!("cannot watch files for changes (SIGHUP still reloads): {e}");
-            return None;
-        }
-    };
+    let mut watcher =
+        match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let Ok(ev) = res else { return };
+            if matches!(ev.kind, EventKind::Access(_)) {
+                return;
+            }
+            if ev
+                .paths
+                .iter()
+                .any(|p| interesting.iter().any(|w| p.starts_with(w)))
+            {
+                // A full channel already holds a pending reload: nothing is lost.
+                let _ = tx.try_send(());
+            }
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("cannot watch files for changes (SIGHUP still reloads): {e}");
+                return None;
+            }
+        };
     let mut dirs = BTreeSet::new();
     for p in paths {
         if p.is_dir() {
@@ -283,7 +378,12 @@ fn watch(paths: &BTreeSet<PathBuf>, tx: mpsc::Sender<()>) -> Option<notify::Reco
     Some(watcher)
 }
 
-async fn reload_loop(store: Arc<SnapshotStore>, config: Option<PathBuf>, cache_dir: Option<PathBuf>, cancel: CancellationToken) {
+async fn reload_loop(
+    store: Arc<SnapshotStore>,
+    config: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    cancel: CancellationToken,
+) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut paths = watched_paths(config.as_deref(), &store.load());
     let mut _watcher = watch(&paths, tx.clone());

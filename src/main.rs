@@ -1,4 +1,4 @@
-//! The `vigie` command line: `run`, `check`, `lists`, `config`.
+//! The `vigie` command line: `run`, `check`, `lists`, `config`, `users`.
 //!
 //! Exit codes are part of the interface scripts rely on: `check` exits 0 when
 //! allowed, 1 when blocked, 2 on error; every other command exits 0 on success and
@@ -40,6 +40,36 @@ enum Command {
     /// Validate or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Manage the proxy's users file (Basic authentication, argon2 hashes).
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a user. The password is asked on the terminal, or read as one line of
+    /// standard input — never taken from the command line, where `ps` and shell
+    /// history would keep it.
+    Add(UserArgs),
+    /// Change a user's password (read like `add`).
+    Passwd(UserArgs),
+    /// Delete a user.
+    Del(UserArgs),
+    /// List user names.
+    List {
+        /// Users file (default: [proxy] users_file, else <data_dir>/users).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct UserArgs {
+    /// Users file (default: [proxy] users_file, else <data_dir>/users).
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// The user's access code (letters, digits, '.', '_', '-', '@').
+    name: String,
 }
 
 #[derive(Args)]
@@ -109,6 +139,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(cli.config, args),
         Command::Lists(ListsCommand::Stats) => lists_stats(cli.config),
         Command::Config(ConfigCommand::Validate { file }) => validate(file.or(cli.config)),
+        Command::Users(cmd) => users(cli.config, cmd),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
@@ -313,5 +344,82 @@ fn validate(file: Option<PathBuf>) -> ExitCode {
             eprintln!("{name}: {} problem(s) found", errors.0.len());
             ExitCode::from(1)
         }
+    }
+}
+
+/// The users file: `--file`, else the config's `[proxy] users_file`, else
+/// `<data_dir>/users`.
+fn users_file(config: Option<&std::path::Path>, file: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(f) = file {
+        return Ok(f);
+    }
+    let cfg = config::load(config).map_err(|e| e.to_string())?;
+    cfg.proxy
+        .users_file
+        .or_else(|| cfg.data_dir.map(|d| d.join("users")))
+        .ok_or_else(|| "no users file: give --file, or set [proxy] users_file or data_dir in the configuration".to_string())
+}
+
+/// A new password from the terminal (asked twice) or one line of standard input.
+fn read_password() -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Mot de passe / Password: ").map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("Confirmez / Confirm: ").map_err(|e| e.to_string())?;
+        if first != again {
+            return Err("the two passwords differ".into());
+        }
+        Ok(first)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(|e| e.to_string())?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+fn users(config: Option<PathBuf>, cmd: UsersCommand) -> ExitCode {
+    use vigie::proxy::auth;
+    let fail = |msg: String| {
+        eprintln!("vigie users: {msg}");
+        ExitCode::from(2)
+    };
+    let (file, name) = match &cmd {
+        UsersCommand::Add(a) | UsersCommand::Passwd(a) | UsersCommand::Del(a) => (a.file.clone(), Some(a.name.clone())),
+        UsersCommand::List { file } => (file.clone(), None),
+    };
+    let path = match users_file(config.as_deref(), file) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let result = match (&cmd, name.as_deref()) {
+        (UsersCommand::Add(_), Some(n)) | (UsersCommand::Passwd(_), Some(n)) => {
+            if !auth::valid_user_name(n) {
+                return fail(auth::AuthError::BadName(n.to_string()).to_string());
+            }
+            let password = match read_password() {
+                Ok(p) => p,
+                Err(e) => return fail(e),
+            };
+            auth::set_password(&path, n, &password, matches!(cmd, UsersCommand::Add(_)))
+        }
+        (UsersCommand::Del(_), Some(n)) => auth::delete_user(&path, n),
+        _ => match auth::read_users(&path) {
+            Ok(list) => {
+                for (n, _) in list {
+                    println!("{n}");
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => {
+            if let (Some(n), false) = (name, matches!(cmd, UsersCommand::List { .. })) {
+                eprintln!("{}: {n} ok", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e.to_string()),
     }
 }

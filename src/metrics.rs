@@ -168,6 +168,63 @@ pub static AUDIT_WRITE_ERRORS_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock
     )
 });
 
+// ---- forward proxy (`proxy/`) ----
+
+/// Proxy requests by door (`http`, `connect`, `transparent_http`, `transparent_tls`)
+/// and outcome (`allow`, `block`, `safe_search`, `refused`).
+pub static PROXY_REQUESTS_TOTAL: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("vigie_proxy_requests_total", "Proxy requests by kind and verdict.", &["kind", "verdict"]));
+
+/// Requests the proxy refused itself, by reason (`client_network`, `auth`, `auth_throttled`,
+/// `internal`, `own`, `port`, `not_tls`, `bad_request`, `dns`, `upstream`,
+/// `upstream_timeout`, `no_original_dst`).
+pub static PROXY_REFUSED_TOTAL: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("vigie_proxy_refused_total", "Proxy requests refused by the proxy itself, by reason.", &["reason"]));
+
+/// Tunnels refused because they did not carry TLS or tried to hide their name, by
+/// protocol seen (`ssh`, `openvpn`, `bittorrent`, `http`, `unknown`, `silent`,
+/// `malformed_tls`, `sni_mismatch`).
+pub static PROXY_CIRCUMVENTION_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec("vigie_proxy_circumvention_total", "Tunnels refused as circumvention, by protocol seen.", &["protocol"])
+});
+
+/// Connections open now, by kind (`client`: client connections; `tunnel`: spliced
+/// CONNECT/WebSocket/transparent TLS tunnels).
+pub static PROXY_ACTIVE_CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(Opts::new("vigie_proxy_active_connections", "Proxy connections open now, by kind."), &["kind"])
+            .unwrap_or_else(|e| panic!("vigie_proxy_active_connections: {e}")),
+    )
+});
+
+/// Time to open a TCP connection to an origin (resolution excluded), by result.
+pub static PROXY_UPSTREAM_CONNECT_SECONDS: LazyLock<prometheus::HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        "vigie_proxy_upstream_connect_seconds",
+        "Time to connect to an origin, by result.",
+        &["result"],
+        vec![0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+    )
+});
+
+/// Time from a request's arrival to the origin's response head, by kind.
+pub static PROXY_RESPONSE_SECONDS: LazyLock<prometheus::HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        "vigie_proxy_response_seconds",
+        "Time from request to the origin's response head, by kind.",
+        &["kind"],
+        vec![0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+    )
+});
+
+/// Body bytes of forwarded HTTP requests (`up`) and responses (`down`).
+pub static PROXY_HTTP_BYTES_TOTAL: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("vigie_proxy_http_bytes_total", "HTTP body bytes through the proxy, by direction.", &["direction"]));
+
+/// Bytes through tunnels (CONNECT, WebSocket, transparent TLS), by direction.
+pub static PROXY_TUNNEL_BYTES_TOTAL: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("vigie_proxy_tunnel_bytes_total", "Bytes through proxy tunnels, by direction.", &["direction"]));
+
 /// Renders every registered metric in the Prometheus text format.
 pub fn render() -> String {
     use prometheus::Encoder;
@@ -202,6 +259,14 @@ pub fn init() {
     LazyLock::force(&AUDIT_EVENTS_TOTAL);
     LazyLock::force(&AUDIT_DROPPED_TOTAL);
     LazyLock::force(&AUDIT_WRITE_ERRORS_TOTAL);
+    LazyLock::force(&PROXY_REQUESTS_TOTAL);
+    LazyLock::force(&PROXY_REFUSED_TOTAL);
+    LazyLock::force(&PROXY_CIRCUMVENTION_TOTAL);
+    LazyLock::force(&PROXY_ACTIVE_CONNECTIONS);
+    LazyLock::force(&PROXY_UPSTREAM_CONNECT_SECONDS);
+    LazyLock::force(&PROXY_RESPONSE_SECONDS);
+    LazyLock::force(&PROXY_HTTP_BYTES_TOTAL);
+    LazyLock::force(&PROXY_TUNNEL_BYTES_TOTAL);
 }
 
 #[cfg(test)]

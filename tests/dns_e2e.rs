@@ -33,7 +33,11 @@ fn dns_e2e_allowed_blocked_safe_search_refused_metrics() {
     let before = up.count();
     let m = udp(v.dns, "WWW.Example.ORG", RecordType::A);
     assert_eq!(a_records(&m), vec![UPSTREAM_V4]);
-    assert_eq!(m.queries[0].name.to_ascii(), "WWW.Example.ORG.", "question case kept");
+    assert_eq!(
+        m.queries[0].name.to_ascii(),
+        "WWW.Example.ORG.",
+        "question case kept"
+    );
     assert_eq!(up.count(), before, "answered from cache");
     // Negative answers are cached too (RFC 2308).
     let m = udp(v.dns, "nx.example.org", RecordType::A);
@@ -44,19 +48,39 @@ fn dns_e2e_allowed_blocked_safe_search_refused_metrics() {
     assert_eq!(up.count(), before, "negative answer from cache");
 
     // A UT1 gambling domain and its subdomain, in each block mode, with the EDE.
-    for name in [gambling.clone(), format!("www.{gambling}"), format!("a.b.{gambling}")] {
+    for name in [
+        gambling.clone(),
+        format!("www.{gambling}"),
+        format!("a.b.{gambling}"),
+    ] {
         // page: A → block page, AAAA → block page v6, other types: no data.
         let m = udp_from(PAGE_CLIENT, v.dns, &name, RecordType::A);
         assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
-        assert_eq!(a_records(&m), vec!["198.51.100.7".parse::<std::net::Ipv4Addr>().unwrap()], "{name}");
+        assert_eq!(
+            a_records(&m),
+            vec!["198.51.100.7".parse::<std::net::Ipv4Addr>().unwrap()],
+            "{name}"
+        );
         let ede = ede_of(&m).expect("EDE on blocked answer");
         assert_eq!(ede.code, EDE_FILTERED);
         assert!(ede.text.contains("gambling"), "{}", ede.text);
         let m = udp_from(PAGE_CLIENT, v.dns, &name, RecordType::AAAA);
-        assert_eq!(aaaa_records(&m), vec!["2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap()]);
-        for qtype in [RecordType::HTTPS, RecordType::MX, RecordType::TXT, RecordType::CNAME] {
+        assert_eq!(
+            aaaa_records(&m),
+            vec!["2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap()]
+        );
+        for qtype in [
+            RecordType::HTTPS,
+            RecordType::MX,
+            RecordType::TXT,
+            RecordType::CNAME,
+        ] {
             let m = udp_from(PAGE_CLIENT, v.dns, &name, qtype);
-            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name} {qtype}");
+            assert_eq!(
+                m.metadata.response_code,
+                ResponseCode::NoError,
+                "{name} {qtype}"
+            );
             assert!(m.answers.is_empty(), "{name} {qtype}: {:?}", m.answers);
             assert!(ede_of(&m).is_some(), "{name} {qtype}");
         }
@@ -72,18 +96,28 @@ fn dns_e2e_allowed_blocked_safe_search_refused_metrics() {
         assert!(ede_of(&m).unwrap().text.contains("gambling"));
         // TCP too
         let m = tcp(v.dns, &name, RecordType::A);
-        assert_eq!(a_records(&m), vec!["198.51.100.7".parse::<std::net::Ipv4Addr>().unwrap()]);
+        assert_eq!(
+            a_records(&m),
+            vec!["198.51.100.7".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
     }
 
     // CNAME cloaking: an allowed name whose chain reaches the gambling domain.
     let m = udp_from(NXDOMAIN_CLIENT, v.dns, "cloaked.test", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
-    assert!(ede_of(&m).unwrap().text.contains("via CNAME"), "{:?}", ede_of(&m));
+    assert!(
+        ede_of(&m).unwrap().text.contains("via CNAME"),
+        "{:?}",
+        ede_of(&m)
+    );
 
     // Safe search: CNAME to the safe host plus its address.
     let m = udp(v.dns, "www.google.ca", RecordType::A);
     assert_eq!(cname_targets(&m), vec!["forcesafesearch.google.com."]);
-    assert_eq!(a_records(&m), vec!["216.239.38.120".parse::<std::net::Ipv4Addr>().unwrap()]);
+    assert_eq!(
+        a_records(&m),
+        vec!["216.239.38.120".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
     let m = udp(v.dns, "www.youtube.com", RecordType::A);
     assert_eq!(cname_targets(&m), vec!["restrict.youtube.com."]);
     let m = udp_from(NXDOMAIN_CLIENT, v.dns, "m.youtube.com", RecordType::A);
@@ -92,13 +126,24 @@ fn dns_e2e_allowed_blocked_safe_search_refused_metrics() {
     assert_eq!(cname_targets(&m), vec!["strict.bing.com."]);
     let m = udp(v.dns, "duckduckgo.com", RecordType::A);
     assert_eq!(cname_targets(&m), vec!["safe.duckduckgo.com."]);
-    assert_eq!(a_records(&m), vec!["52.142.124.215".parse::<std::net::Ipv4Addr>().unwrap()]);
+    assert_eq!(
+        a_records(&m),
+        vec!["52.142.124.215".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
 
     // Canary and Private Relay: NXDOMAIN in every block mode, EDE 15.
     for client in [PAGE_CLIENT, NULL_CLIENT, NXDOMAIN_CLIENT] {
-        for name in ["use-application-dns.net", "mask.icloud.com", "mask-h2.icloud.com"] {
+        for name in [
+            "use-application-dns.net",
+            "mask.icloud.com",
+            "mask-h2.icloud.com",
+        ] {
             let m = udp_from(client, v.dns, name, RecordType::A);
-            assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name} from {client}");
+            assert_eq!(
+                m.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{name} from {client}"
+            );
             assert_eq!(ede_of(&m).unwrap().code, EDE_BLOCKED);
         }
     }
@@ -123,13 +168,19 @@ fn dns_e2e_allowed_blocked_safe_search_refused_metrics() {
         assert_eq!(out.trim(), UPSTREAM_V4.to_string());
         let out = dig(v.dns, &[&gambling, "A"]);
         assert!(out.contains("198.51.100.7"), "{out}");
-        assert!(out.contains("EDE: 17 (Filtered)") && out.contains("gambling"), "{out}");
+        assert!(
+            out.contains("EDE: 17 (Filtered)") && out.contains("gambling"),
+            "{out}"
+        );
         let out = dig(v.dns, &["+tcp", &format!("www.{gambling}"), "AAAA"]);
         assert!(out.contains("2001:db8::7"), "{out}");
         let out = dig(v.dns, &["use-application-dns.net", "A"]);
         assert!(out.contains("status: NXDOMAIN"), "{out}");
         let out = dig(v.dns, &["+tcp", "www.google.fr", "A"]);
-        assert!(out.contains("forcesafesearch.google.com.") && out.contains("216.239.38.120"), "{out}");
+        assert!(
+            out.contains("forcesafesearch.google.com.") && out.contains("216.239.38.120"),
+            "{out}"
+        );
         let out = dig(v.dns, &["big.test", "TXT", "+ignore"]);
         assert!(out.contains("flags: qr tc"), "{out}");
         let out = dig(v.dns, &["big.test", "TXT"]); // dig retries over TCP itself
@@ -143,7 +194,10 @@ fn dns_e2e_allowed_blocked_safe_search_refused_metrics() {
     assert!(v.metric("vigie_dns_cache_total{result=\"hit\"}") >= 2.0);
     assert!(v.metric("vigie_dns_cache_total{result=\"miss\"}") >= 1.0);
     assert!(v.metric("vigie_dns_refused_total{reason=\"client_network\"}") >= 1.0);
-    assert!(v.metric("vigie_decisions_total{category=\"gambling\",service=\"dns\",verdict=\"block\"}") >= 9.0);
+    assert!(
+        v.metric("vigie_decisions_total{category=\"gambling\",service=\"dns\",verdict=\"block\"}")
+            >= 9.0
+    );
     assert!(v.metric("vigie_dns_cname_blocked_total") >= 1.0);
     assert!(v.metric("vigie_dns_truncated_total") >= 1.0);
     assert!(v.metric("vigie_dns_queries_total{transport=\"tcp\"}") >= 4.0);
@@ -152,8 +206,14 @@ fn dns_e2e_allowed_blocked_safe_search_refused_metrics() {
     let status = v.stop();
     assert!(status.success(), "exit status {status:?}");
     let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).expect("audit log");
-    let events: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(events.iter().all(|e| e["verdict"] == "block"), "only blocks recorded by default");
+    let events: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events.iter().all(|e| e["verdict"] == "block"),
+        "only blocks recorded by default"
+    );
     let ev = events
         .iter()
         .find(|e| e["target"] == gambling.as_str() && e["qtype"] == "A")
@@ -162,7 +222,11 @@ fn dns_e2e_allowed_blocked_safe_search_refused_metrics() {
     assert_eq!(ev["profile"], "page");
     assert_eq!(ev["client_ip"], "127.0.0.1");
     assert_eq!(ev["entry"], gambling.as_str());
-    assert!(events.iter().any(|e| e["via"] == gambling.as_str() && e["target"] == "cloaked.test"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["via"] == gambling.as_str() && e["target"] == "cloaked.test")
+    );
 }
 
 #[test]
@@ -176,9 +240,18 @@ fn dns_e2e_dead_upstream_servfail_then_next_upstream() {
     // Only the dead upstream: SERVFAIL within the bound; blocked names still instant.
     let v = Vigie::start(&cfg, &[dead.local_addr().unwrap()], dir.path());
     let t = Instant::now();
-    let m = exchange_udp(v.dns, &query_message("www.example.org", RecordType::A, true), Duration::from_secs(3)).expect("an answer");
+    let m = exchange_udp(
+        v.dns,
+        &query_message("www.example.org", RecordType::A, true),
+        Duration::from_secs(3),
+    )
+    .expect("an answer");
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
-    assert!(t.elapsed() < Duration::from_millis(1500), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        t.elapsed()
+    );
     let t = Instant::now();
     let m = udp(v.dns, &gambling, RecordType::A);
     assert_eq!(a_records(&m).len(), 1);
@@ -199,10 +272,11 @@ fn dns_e2e_dead_upstream_servfail_then_next_upstream() {
 
 #[test]
 fn dns_e2e_rate_limit_and_malformed() {
-    let (_dir, _up, v, _g) = setup("rate_limit_qps = 5\nrate_limit_burst = 5");
+    let (dir, _up, v, _g) = setup("rate_limit_qps = 5\nrate_limit_burst = 5\nlog_allowed = true");
     // Burst of 30 from one client: about 5 answered, the rest dropped.
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     for i in 0..30u16 {
         let mut m = query_message("rl.example.org", RecordType::A, false);
         m.metadata.id = i;
@@ -219,8 +293,15 @@ fn dns_e2e_rate_limit_and_malformed() {
     // Malformed packets: FORMERR when the header is readable, dropped otherwise.
     std::thread::sleep(Duration::from_millis(1100)); // let the bucket refill
     let s = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    s.send_to(&[0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x3f, b'a'], v.dns).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    s.send_to(
+        &[
+            0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x3f, b'a',
+        ],
+        v.dns,
+    )
+    .unwrap();
     let (n, _) = s.recv_from(&mut buf).expect("FORMERR answer");
     assert_eq!(&buf[..2], &[0x12, 0x34]);
     assert_eq!(buf[3] & 0x0f, 1, "FORMERR");
@@ -232,4 +313,15 @@ fn dns_e2e_rate_limit_and_malformed() {
     // Still serving.
     let m = udp_from(NXDOMAIN_CLIENT, v.dns, "still.example.org", RecordType::A);
     assert_eq!(a_records(&m), vec![UPSTREAM_V4]);
+
+    // log_allowed = true: allowed queries are in the audit log too.
+    assert!(v.stop().success());
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).expect("audit log");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"target\":\"still.example.org\"")
+                && l.contains("\"verdict\":\"allow\"")),
+        "{audit}"
+    );
 }

@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
 
+pub mod postgres;
+pub mod store;
+
 /// Events the queue holds before new ones are dropped: about a second of a very
 /// busy school at full tilt, so a slow disk hiccup costs nothing.
 pub const QUEUE_CAPACITY: usize = 65_536;
@@ -69,6 +72,41 @@ pub struct AuditEvent {
     pub via: Option<String>,
     /// Time to answer, microseconds.
     pub latency_us: u64,
+    /// What only the proxy knows (method, port, status, bytes…); absent for DNS.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyAudit>,
+}
+
+/// The proxy's part of an [`AuditEvent`], flattened into the same JSON object.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProxyAudit {
+    /// Which door: `http`, `connect`, `transparent_http`, `transparent_tls`.
+    pub kind: &'static str,
+    pub method: String,
+    pub host: String,
+    pub port: u16,
+    /// Path and query, plain HTTP only (a tunnel's path is encrypted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// HTTP status sent to the client (200 for an established tunnel).
+    pub status: u16,
+    /// Body bytes from the client (HTTP) or all bytes client → origin (tunnels).
+    pub bytes_up: u64,
+    /// Body bytes to the client (HTTP) or all bytes origin → client (tunnels).
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    /// The TLS server name the client sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// A non-TLS protocol seen in a tunnel (`ssh`, `openvpn`, `bittorrent`…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'static str>,
+    /// Why the proxy refused on its own (`client_network`, `auth`, `internal`…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<&'static str>,
+    /// The reference shown on the block or error page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 /// The sending side of the audit queue; cheap to clone, never blocks.
@@ -91,7 +129,9 @@ impl AuditSink {
                 let now = process_ms();
                 let last = LAST_DROP_LOG_MS.load(Ordering::Relaxed);
                 if now.saturating_sub(last) >= 1_000
-                    && LAST_DROP_LOG_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+                    && LAST_DROP_LOG_MS
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
                 {
                     tracing::warn!(
                         dropped_total = metrics::AUDIT_DROPPED_TOTAL.get(),
@@ -133,10 +173,12 @@ pub async fn open(path: Option<&Path>) -> Result<(AuditSink, Writer), AuditError
     let out = match path {
         Some(p) => {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                tokio::fs::create_dir_all(dir).await.map_err(|source| AuditError::Open {
-                    path: p.to_path_buf(),
-                    source,
-                })?;
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(|source| AuditError::Open {
+                        path: p.to_path_buf(),
+                        source,
+                    })?;
             }
             let file = tokio::fs::OpenOptions::new()
                 .create(true)
@@ -241,6 +283,7 @@ mod tests {
             entry: Some("example".into()),
             via: None,
             latency_us: n,
+            proxy: None,
         }
     }
 

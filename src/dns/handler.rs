@@ -12,20 +12,21 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, LazyLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA};
-use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
-use super::cache::{AnswerCache, CacheKey};
+use super::cache::{self, AnswerCache};
+use super::fast::{self, BlockedData, FastQuery};
 use super::upstream::{UpstreamError, Upstreams};
 use super::wire::{self, Answer, ClientQuery, Ede, Reject};
 use crate::audit::{AuditEvent, AuditSink};
 use crate::config::BlockMode;
-use crate::identity::{Identity, IdentitySource};
+use crate::identity::{Identity, IdentitySource, IdentityTable};
 use crate::metrics;
 use crate::policy::{self, Decision, Reason, Request, Verdict};
 use crate::snapshot::{Snapshot, SnapshotStore};
@@ -39,7 +40,16 @@ pub enum Transport {
 
 /// Categories whose blocks are the operator's security policy (EDE 15 "Blocked");
 /// every other category is content filtering agreed with the school (EDE 17 "Filtered").
-const SECURITY_CATEGORIES: &[&str] = &["malware", "phishing", "cryptojacking", "ddos", "doh", "vpn", "redirector", "tor"];
+const SECURITY_CATEGORIES: &[&str] = &[
+    "malware",
+    "phishing",
+    "cryptojacking",
+    "ddos",
+    "doh",
+    "vpn",
+    "redirector",
+    "tor",
+];
 
 /// TTL of the CNAME vigie synthesises for safe search.
 const SAFE_SEARCH_TTL: u32 = 300;
@@ -86,6 +96,8 @@ struct QueryCtx {
     host: String,
     decision: Decision,
     started: Instant,
+    /// The wall-clock time the query was decided at (one clock read per query).
+    now: DateTime<Utc>,
 }
 
 pub struct Handler {
@@ -93,31 +105,68 @@ pub struct Handler {
     upstreams: Upstreams,
     cache: AnswerCache,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Logged-in people by address (proxy authentication, portal); else the network map.
+    identities: Arc<IdentityTable>,
     audit: AuditSink,
     options: HandlerOptions,
 }
 
-/// Pre-resolved metric children for the per-query hot path.
+/// Pre-resolved metric children for the per-query hot path (a labelled lookup
+/// hashes its labels under a lock; these are plain atomics).
 struct HotMetrics {
     queries_udp: prometheus::IntCounter,
     queries_tcp: prometheus::IntCounter,
+    allow: prometheus::IntCounter,
+    /// By rcode 0..=5 (noerror, formerr, servfail, nxdomain, notimp, refused).
+    responses: Vec<prometheus::IntCounter>,
+    /// By path: blocked, cache, upstream, local.
+    durations: [prometheus::Histogram; 4],
 }
 
 static HOT: LazyLock<HotMetrics> = LazyLock::new(|| HotMetrics {
     queries_udp: metrics::DNS_QUERIES_TOTAL.with_label_values(&["udp"]),
     queries_tcp: metrics::DNS_QUERIES_TOTAL.with_label_values(&["tcp"]),
+    allow: metrics::DECISIONS_TOTAL.with_label_values(&["dns", "allow", ""]),
+    responses: (0u8..=5)
+        .map(|c| {
+            metrics::DNS_RESPONSES_TOTAL
+                .with_label_values(&[wire::rcode_label(ResponseCode::from(0, c))])
+        })
+        .collect(),
+    durations: ["blocked", "cache", "upstream", "local"]
+        .map(|p| metrics::DNS_REQUEST_SECONDS.with_label_values(&[p])),
 });
 
+/// How a query was answered, for the latency histogram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Blocked,
+    Cache,
+    Upstream,
+    Local,
+}
+
 impl Handler {
-    pub fn new(store: Arc<SnapshotStore>, upstreams: Upstreams, audit: AuditSink, options: HandlerOptions) -> Self {
+    pub fn new(
+        store: Arc<SnapshotStore>,
+        upstreams: Upstreams,
+        identities: Arc<IdentityTable>,
+        audit: AuditSink,
+        options: HandlerOptions,
+    ) -> Self {
         let limiter = options
             .rate_limit
             .map(|(qps, burst)| RateLimiter::keyed(Quota::per_second(qps).allow_burst(burst)));
         Handler {
             store,
             upstreams,
-            cache: AnswerCache::new(options.cache_size, options.cache_max_ttl, options.cache_negative_max_ttl),
+            cache: AnswerCache::new(
+                options.cache_size,
+                options.cache_max_ttl,
+                options.cache_negative_max_ttl,
+            ),
             limiter,
+            identities,
             audit,
             options,
         }
@@ -125,6 +174,11 @@ impl Handler {
 
     pub fn upstream_specs(&self) -> &[super::upstream::UpstreamSpec] {
         self.upstreams.specs()
+    }
+
+    /// Puts an upstream answer in the cache, as `forward` does (benches, tests).
+    pub fn cache_insert(&self, name: &Name, qtype: RecordType, answer: &Answer) {
+        self.cache.insert(name, qtype, answer);
     }
 
     /// Periodic upkeep: forget idle clients' rate-limit state, export the cache size.
@@ -137,7 +191,12 @@ impl Handler {
     }
 
     /// Answers `packet` from `client`, going upstream if needed.
-    pub async fn handle(&self, packet: &[u8], client: IpAddr, transport: Transport) -> Option<Vec<u8>> {
+    pub async fn handle(
+        &self,
+        packet: &[u8],
+        client: IpAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
         match self.prepare(packet, client, transport) {
             Prepared::Done(r) => r,
             Prepared::Forward(p) => Some(self.forward(*p).await),
@@ -162,13 +221,25 @@ impl Handler {
                 Transport::Tcp => refuse_header(packet),
             });
         }
+        let mut fq = FastQuery::empty(packet);
+        if fast::parse_into(&mut fq)
+            && let Some(reply) = self.try_fast(&fq, client, transport, started)
+        {
+            return Prepared::Done(Some(reply));
+        }
         let query = match wire::parse_query(packet) {
             Ok(q) => q,
             Err(reject) => {
-                let action = if matches!(reject, Reject::Drop(_)) { "dropped" } else { "formerr" };
-                metrics::DNS_MALFORMED_TOTAL.with_label_values(&[action]).inc();
+                let action = if matches!(reject, Reject::Drop(_)) {
+                    "dropped"
+                } else {
+                    "formerr"
+                };
+                metrics::DNS_MALFORMED_TOTAL
+                    .with_label_values(&[action])
+                    .inc();
                 let reply = wire::encode_reject(&reject).map(|(bytes, rcode)| {
-                    count_response(rcode, "local", started);
+                    count_response(rcode, Path::Local, started);
                     bytes
                 });
                 return Prepared::Done(reply);
@@ -176,19 +247,35 @@ impl Handler {
         };
         let snap = self.store.load();
         if !snap.is_client(client) {
-            return Prepared::Done(Some(self.refuse(&query, transport, "client_network", started)));
+            return Prepared::Done(Some(self.refuse(
+                &query,
+                transport,
+                "client_network",
+                started,
+            )));
         }
         if query.query.query_class != DNSClass::IN {
             return Prepared::Done(Some(self.refuse(&query, transport, "class", started)));
         }
         if matches!(query.query.query_type, RecordType::AXFR | RecordType::IXFR) {
-            return Prepared::Done(Some(self.refuse(&query, transport, "zone_transfer", started)));
+            return Prepared::Done(Some(self.refuse(
+                &query,
+                transport,
+                "zone_transfer",
+                started,
+            )));
         }
 
-        let host = query.query.name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
-        let identity = Identity::from_ip(&snap, client);
+        let host = query
+            .query
+            .name
+            .to_ascii()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let now = Utc::now();
+        let identity = self.identities.resolve(&snap, client, now);
         let qtype = u16::from(query.query.query_type);
-        let decision = policy::decide(&snap, &Request::Dns { name: &host, qtype }, &identity, Utc::now());
+        let decision = policy::decide(&snap, &Request::Dns { name: &host, qtype }, &identity, now);
         let ctx = QueryCtx {
             snap,
             client,
@@ -196,50 +283,184 @@ impl Handler {
             host,
             decision,
             started,
+            now,
         };
         match decision.verdict {
             Verdict::Block => {
                 let answer = blocked_answer(&ctx, &query, &self.options, None);
-                Prepared::Done(Some(self.finish(&query, transport, &ctx, answer, "blocked", None)))
+                Prepared::Done(Some(self.finish(
+                    &query,
+                    transport,
+                    &ctx,
+                    answer,
+                    Path::Blocked,
+                    None,
+                )))
             }
-            Verdict::Allow => self.from_cache_or_forward(query, transport, ctx, None),
+            Verdict::Allow => self.cached_or_forward(query, transport, ctx, None),
             Verdict::SafeSearch { target } => match Name::from_ascii(target) {
                 Ok(mut t) => {
                     t.set_fqdn(true);
-                    self.from_cache_or_forward(query, transport, ctx, Some(t))
+                    self.cached_or_forward(query, transport, ctx, Some(t))
                 }
                 Err(_) => {
                     let answer = Answer::rcode(ResponseCode::ServFail);
-                    Prepared::Done(Some(self.finish(&query, transport, &ctx, answer, "local", None)))
+                    Prepared::Done(Some(self.finish(
+                        &query,
+                        transport,
+                        &ctx,
+                        answer,
+                        Path::Local,
+                        None,
+                    )))
                 }
             },
         }
     }
 
-    fn from_cache_or_forward(&self, query: ClientQuery, transport: Transport, ctx: QueryCtx, safe: Option<Name>) -> Prepared {
-        let ask = safe.clone().unwrap_or_else(|| query.query.name.clone());
-        let key = CacheKey {
-            name: LowerName::new(&ask),
-            qtype: query.query.query_type,
+    /// The hot path: a query in the common shape that is blocked or answered from the
+    /// cache, encoded by patching bytes. `None` hands the query to the general path
+    /// (cache misses, safe search, refusals, anything unusual), which decides again.
+    fn try_fast(
+        &self,
+        fq: &FastQuery<'_>,
+        client: IpAddr,
+        transport: Transport,
+        started: Instant,
+    ) -> Option<Vec<u8>> {
+        if fq.qclass != u16::from(DNSClass::IN) || matches!(fq.qtype, 251 | 252) {
+            return None;
+        }
+        let snap = self.store.load();
+        if !snap.is_client(client) {
+            return None;
+        }
+        let now = Utc::now();
+        let identity = self.identities.resolve(&snap, client, now);
+        let host = fq.host();
+        let decision = policy::decide(
+            &snap,
+            &Request::Dns {
+                name: host,
+                qtype: fq.qtype,
+            },
+            &identity,
+            now,
+        );
+        let limit = match transport {
+            Transport::Udp => fq.udp_limit(),
+            Transport::Tcp => u16::MAX as usize,
         };
+        match decision.verdict {
+            Verdict::Block => {
+                let ctx = QueryCtx {
+                    snap,
+                    client,
+                    identity,
+                    host: host.to_string(),
+                    decision,
+                    started,
+                    now,
+                };
+                let plan = block_plan(&ctx, fq.qtype, &self.options, None);
+                let bytes =
+                    fast::blocked(fq, &plan.data, plan.ttl, (plan.ede.code, &plan.ede.text));
+                if bytes.len() > limit {
+                    return None;
+                }
+                self.record(fq.qtype, &ctx, plan.rcode(), Path::Blocked, None);
+                Some(bytes)
+            }
+            Verdict::Allow => {
+                let entry = self.cache.get(fq.cache_key())?;
+                // A chain through a blocked name, or an answer too big: general path.
+                if !entry.cnames().is_empty() {
+                    let blocked = entry.cnames().iter().any(|c| {
+                        policy::decide(&snap, &Request::Dns { name: c, qtype: 1 }, &identity, now)
+                            .verdict
+                            == Verdict::Block
+                    });
+                    if blocked {
+                        return None;
+                    }
+                }
+                let bytes = entry.wire().answer(fq, entry.age(), limit)?;
+                cache::count(true);
+                HOT.allow.inc();
+                let rcode = entry.wire().rcode();
+                let elapsed = count_response(ResponseCode::from(0, rcode), Path::Cache, started);
+                if snap.config.dns.log_allowed {
+                    let ctx = QueryCtx {
+                        snap,
+                        client,
+                        identity,
+                        host: host.to_string(),
+                        decision,
+                        started,
+                        now,
+                    };
+                    self.audit_event(fq.qtype, &ctx, None, elapsed);
+                }
+                Some(bytes)
+            }
+            Verdict::SafeSearch { .. } => None,
+        }
+    }
+
+    fn cached_or_forward(
+        &self,
+        query: ClientQuery,
+        transport: Transport,
+        ctx: QueryCtx,
+        safe: Option<Name>,
+    ) -> Prepared {
+        let ask = safe.clone().unwrap_or_else(|| query.query.name.clone());
+        let key = fast::cache_key(&ask, u16::from(query.query.query_type));
         match self.cache.get(&key) {
-            Some(answer) => Prepared::Done(Some(self.allowed(&query, transport, &ctx, answer, safe.as_ref(), "cache"))),
-            None => Prepared::Forward(Box::new(Pending { query, transport, ctx, ask })),
+            Some(entry) if let Some(answer) = entry.answer() => {
+                cache::count(true);
+                Prepared::Done(Some(self.allowed(
+                    &query,
+                    transport,
+                    &ctx,
+                    answer,
+                    safe.as_ref(),
+                    Path::Cache,
+                )))
+            }
+            _ => {
+                cache::count(false);
+                Prepared::Forward(Box::new(Pending {
+                    query,
+                    transport,
+                    ctx,
+                    ask,
+                }))
+            }
         }
     }
 
     /// Completes a query that needs the upstreams.
     pub async fn forward(&self, p: Pending) -> Vec<u8> {
-        let Pending { query, transport, ctx, ask } = p;
+        let Pending {
+            query,
+            transport,
+            ctx,
+            ask,
+        } = p;
         let safe = (ask != query.query.name).then(|| ask.clone());
-        let key = CacheKey {
-            name: LowerName::new(&ask),
-            qtype: query.query.query_type,
-        };
-        match self.upstreams.query(ask, query.query.query_type).await {
+        let qtype = query.query.query_type;
+        match self.upstreams.query(ask.clone(), qtype).await {
             Ok(answer) => {
-                self.cache.insert(key, &answer);
-                self.allowed(&query, transport, &ctx, answer, safe.as_ref(), "upstream")
+                self.cache.insert(&ask, qtype, &answer);
+                self.allowed(
+                    &query,
+                    transport,
+                    &ctx,
+                    answer,
+                    safe.as_ref(),
+                    Path::Upstream,
+                )
             }
             Err(e) => {
                 tracing::debug!(name = %query.query.name, "upstream failed: {e}");
@@ -254,14 +475,22 @@ impl Handler {
                         text: "vigie: upstream exchange failed".into(),
                     },
                 });
-                self.finish(&query, transport, &ctx, answer, "upstream", None)
+                self.finish(&query, transport, &ctx, answer, Path::Upstream, None)
             }
         }
     }
 
     /// An allowed (or safe-search) query with the upstream's answer: check the CNAME
     /// chain (cloaking), add the safe-search CNAME, encode.
-    fn allowed(&self, query: &ClientQuery, transport: Transport, ctx: &QueryCtx, mut answer: Answer, safe: Option<&Name>, path: &'static str) -> Vec<u8> {
+    fn allowed(
+        &self,
+        query: &ClientQuery,
+        transport: Transport,
+        ctx: &QueryCtx,
+        mut answer: Answer,
+        safe: Option<&Name>,
+        path: Path,
+    ) -> Vec<u8> {
         if let Some((via, d)) = cname_block(ctx, &answer) {
             metrics::DNS_CNAME_BLOCKED_TOTAL.inc();
             let blocked_ctx = QueryCtx {
@@ -271,12 +500,17 @@ impl Handler {
                 host: ctx.host.clone(),
                 decision: d,
                 started: ctx.started,
+                now: ctx.now,
             };
             let answer = blocked_answer(&blocked_ctx, query, &self.options, Some(&via));
             return self.finish(query, transport, &blocked_ctx, answer, path, Some(via));
         }
         if let Some(target) = safe {
-            let cname = Record::from_rdata(query.query.name.clone(), SAFE_SEARCH_TTL, RData::CNAME(CNAME(target.clone())));
+            let cname = Record::from_rdata(
+                query.query.name.clone(),
+                SAFE_SEARCH_TTL,
+                RData::CNAME(CNAME(target.clone())),
+            );
             answer.answers.insert(0, cname);
             // The CNAME exists even if the safe host has no record of this type.
             if answer.rcode == ResponseCode::NXDomain {
@@ -286,58 +520,100 @@ impl Handler {
         self.finish(query, transport, ctx, answer, path, None)
     }
 
-    fn refuse(&self, query: &ClientQuery, transport: Transport, reason: &'static str, started: Instant) -> Vec<u8> {
-        metrics::DNS_REFUSED_TOTAL.with_label_values(&[reason]).inc();
-        let (bytes, _) = wire::encode(query, &Answer::rcode(ResponseCode::Refused), limit(query, transport));
-        count_response(ResponseCode::Refused, "local", started);
+    fn refuse(
+        &self,
+        query: &ClientQuery,
+        transport: Transport,
+        reason: &'static str,
+        started: Instant,
+    ) -> Vec<u8> {
+        metrics::DNS_REFUSED_TOTAL
+            .with_label_values(&[reason])
+            .inc();
+        let (bytes, _) = wire::encode(
+            query,
+            &Answer::rcode(ResponseCode::Refused),
+            limit(query, transport),
+        );
+        count_response(ResponseCode::Refused, Path::Local, started);
         bytes
     }
 
-    /// Encodes, counts, records. Every decided query ends here.
-    fn finish(&self, query: &ClientQuery, transport: Transport, ctx: &QueryCtx, answer: Answer, path: &'static str, via: Option<String>) -> Vec<u8> {
+    /// Encodes, counts, records: every decided query of the general path ends here.
+    fn finish(
+        &self,
+        query: &ClientQuery,
+        transport: Transport,
+        ctx: &QueryCtx,
+        answer: Answer,
+        path: Path,
+        via: Option<String>,
+    ) -> Vec<u8> {
         let (bytes, truncated) = wire::encode(query, &answer, limit(query, transport));
         if truncated {
             metrics::DNS_TRUNCATED_TOTAL.inc();
         }
-        let d = &ctx.decision;
-        let category = d.category_name(&ctx.snap);
-        metrics::DECISIONS_TOTAL
-            .with_label_values(&["dns", d.verdict.as_str(), category])
-            .inc();
-        let elapsed = count_response(answer.rcode, path, ctx.started);
-        if d.verdict == Verdict::Block || ctx.snap.config.dns.log_allowed {
-            let req = Request::Dns {
-                name: &ctx.host,
-                qtype: u16::from(query.query.query_type),
-            };
-            self.audit.record(AuditEvent {
-                time: Utc::now(),
-                service: "dns",
-                client_ip: ctx.client,
-                user: ctx.identity.user.as_deref().map(str::to_string),
-                identity: identity_label(ctx.identity.source),
-                profile: ctx.snap.profile_name(d.profile).to_string(),
-                target: ctx.host.clone(),
-                qtype: Some(query.query.query_type.to_string()),
-                verdict: d.verdict.as_str(),
-                category: d.category.map(|_| category.to_string()),
-                rule: d.rule(&ctx.snap),
-                entry: match &via {
-                    Some(v) => d.entry(&ctx.snap, &Request::Dns { name: v, qtype: req_qtype(&req) }),
-                    None => d.entry(&ctx.snap, &req),
-                },
-                via,
-                latency_us: elapsed.as_micros() as u64,
-            });
-        }
+        self.record(
+            u16::from(query.query.query_type),
+            ctx,
+            answer.rcode,
+            path,
+            via,
+        );
         bytes
     }
-}
 
-fn req_qtype(r: &Request<'_>) -> u16 {
-    match r {
-        Request::Dns { qtype, .. } => *qtype,
-        _ => 0,
+    /// Metrics and audit event of a decided query (both paths).
+    fn record(
+        &self,
+        qtype: u16,
+        ctx: &QueryCtx,
+        rcode: ResponseCode,
+        path: Path,
+        via: Option<String>,
+    ) {
+        let d = &ctx.decision;
+        if d.verdict == Verdict::Allow {
+            HOT.allow.inc();
+        } else {
+            metrics::DECISIONS_TOTAL
+                .with_label_values(&["dns", d.verdict.as_str(), d.category_name(&ctx.snap)])
+                .inc();
+        }
+        let elapsed = count_response(rcode, path, ctx.started);
+        if d.verdict == Verdict::Block || ctx.snap.config.dns.log_allowed {
+            self.audit_event(qtype, ctx, via, elapsed);
+        }
+    }
+
+    fn audit_event(&self, qtype: u16, ctx: &QueryCtx, via: Option<String>, elapsed: Duration) {
+        let d = &ctx.decision;
+        let category = d.category_name(&ctx.snap);
+        // For a CNAME-chain block, the decision (and its list entry) is the chain's name.
+        let decided = via.as_deref().unwrap_or(&ctx.host);
+        self.audit.record(AuditEvent {
+            time: ctx.now,
+            service: "dns",
+            client_ip: ctx.client,
+            user: ctx.identity.user.as_deref().map(str::to_string),
+            identity: identity_label(ctx.identity.source),
+            profile: ctx.snap.profile_name(d.profile).to_string(),
+            target: ctx.host.clone(),
+            qtype: Some(RecordType::from(qtype).to_string()),
+            verdict: d.verdict.as_str(),
+            category: d.category.map(|_| category.to_string()),
+            rule: d.rule(&ctx.snap),
+            entry: d.entry(
+                &ctx.snap,
+                &Request::Dns {
+                    name: decided,
+                    qtype,
+                },
+            ),
+            via,
+            latency_us: elapsed.as_micros() as u64,
+            proxy: None,
+        });
     }
 }
 
@@ -359,10 +635,23 @@ fn limit(query: &ClientQuery, transport: Transport) -> usize {
     }
 }
 
-fn count_response(rcode: ResponseCode, path: &'static str, started: Instant) -> std::time::Duration {
+/// Counts a response and its latency; returns the latency.
+fn count_response(rcode: ResponseCode, path: Path, started: Instant) -> Duration {
+    let code = u16::from(rcode);
+    match HOT.responses.get(usize::from(code)) {
+        Some(c) if code <= 5 => c.inc(),
+        _ => metrics::DNS_RESPONSES_TOTAL
+            .with_label_values(&[wire::rcode_label(rcode)])
+            .inc(),
+    }
+    let i = match path {
+        Path::Blocked => 0,
+        Path::Cache => 1,
+        Path::Upstream => 2,
+        Path::Local => 3,
+    };
     let elapsed = started.elapsed();
-    metrics::DNS_RESPONSES_TOTAL.with_label_values(&[wire::rcode_label(rcode)]).inc();
-    metrics::DNS_REQUEST_SECONDS.with_label_values(&[path]).observe(elapsed.as_secs_f64());
+    HOT.durations[i].observe(elapsed.as_secs_f64());
     elapsed
 }
 
@@ -380,24 +669,49 @@ fn refuse_header(packet: &[u8]) -> Option<Vec<u8>> {
 
 /// The first name of the answer's CNAME chain that the client's profile blocks.
 fn cname_block(ctx: &QueryCtx, answer: &Answer) -> Option<(String, Decision)> {
-    let now = Utc::now();
+    let now = ctx.now;
     answer.answers.iter().find_map(|r| {
         let RData::CNAME(CNAME(target)) = &r.data else {
             return None;
         };
         let name = target.to_ascii();
         let name = name.trim_end_matches('.');
-        let d = policy::decide(&ctx.snap, &Request::Dns { name, qtype: 1 }, &ctx.identity, now);
+        let d = policy::decide(
+            &ctx.snap,
+            &Request::Dns { name, qtype: 1 },
+            &ctx.identity,
+            now,
+        );
         (d.verdict == Verdict::Block).then(|| (name.to_ascii_lowercase(), d))
     })
 }
 
+/// What a blocked answer says, whichever path encodes it.
+struct BlockPlan {
+    data: BlockedData,
+    ttl: u32,
+    ede: Ede,
+}
+
+impl BlockPlan {
+    fn rcode(&self) -> ResponseCode {
+        match self.data {
+            BlockedData::Negative { nxdomain: true } => ResponseCode::NXDomain,
+            _ => ResponseCode::NoError,
+        }
+    }
+}
+
 /// The answer for a blocked name, by the profile's block mode, with its EDE.
-fn blocked_answer(ctx: &QueryCtx, query: &ClientQuery, options: &HandlerOptions, via: Option<&str>) -> Answer {
+fn block_plan(
+    ctx: &QueryCtx,
+    qtype: u16,
+    options: &HandlerOptions,
+    via: Option<&str>,
+) -> BlockPlan {
     let snap = &ctx.snap;
     let d = &ctx.decision;
     let dns = &snap.config.dns;
-    let ttl = dns.blocked_ttl;
     let mode = snap
         .config
         .profiles
@@ -406,43 +720,85 @@ fn blocked_answer(ctx: &QueryCtx, query: &ClientQuery, options: &HandlerOptions,
         .unwrap_or(BlockMode::Nxdomain);
     let category = d.category_name(snap);
     let what = match d.reason {
-        Reason::DenyOverride(_) => "deny override".to_string(),
-        Reason::BareIp => "bare IP".to_string(),
-        _ if category.is_empty() => "policy".to_string(),
-        _ => category.to_string(),
+        Reason::DenyOverride(_) => "deny override",
+        Reason::BareIp => "bare IP",
+        _ if category.is_empty() => "policy",
+        _ => category,
     };
-    let code = if SECURITY_CATEGORIES.contains(&category) { wire::EDE_BLOCKED } else { wire::EDE_FILTERED };
+    let code = if SECURITY_CATEGORIES.contains(&category) {
+        wire::EDE_BLOCKED
+    } else {
+        wire::EDE_FILTERED
+    };
     let text = match via {
-        Some(v) => format!("vigie: {what} (profile {}, via CNAME {v})", snap.profile_name(d.profile)),
+        Some(v) => format!(
+            "vigie: {what} (profile {}, via CNAME {v})",
+            snap.profile_name(d.profile)
+        ),
         None => format!("vigie: {what} (profile {})", snap.profile_name(d.profile)),
     };
-    let name = query.query.name.clone();
-    let qtype = query.query.query_type;
     // The DoH canary and Private Relay names must be NXDOMAIN whatever the mode:
     // that is the signal browsers and Apple devices look for.
-    let mode = if d.reason == Reason::Circumvention { BlockMode::Nxdomain } else { mode };
-    let address: Option<RData> = match (mode, qtype) {
-        (BlockMode::Nxdomain, _) => None,
-        (BlockMode::Null, RecordType::A) => Some(RData::A(A(Ipv4Addr::UNSPECIFIED))),
-        (BlockMode::Null, RecordType::AAAA) => Some(RData::AAAA(AAAA(Ipv6Addr::UNSPECIFIED))),
-        (BlockMode::Page, RecordType::A) => Some(RData::A(A(dns
-            .block_page_ipv4
-            .or(options.default_block_page_v4)
-            .unwrap_or(Ipv4Addr::UNSPECIFIED)))),
-        // No IPv6 block page: "no data", so the browser uses the A answer.
-        (BlockMode::Page, RecordType::AAAA) => dns.block_page_ipv6.or(options.default_block_page_v6).map(|ip| RData::AAAA(AAAA(ip))),
-        // Every other type of a blocked name (HTTPS, SVCB, MX, TXT…) has no data.
-        _ => None,
+    let circumvention = d.reason == Reason::Circumvention
+        || policy::CIRCUMVENTION_NAMES
+            .iter()
+            .any(|n| ctx.host == *n || ctx.host.strip_suffix(n).is_some_and(|p| p.ends_with('.')));
+    let mode = if circumvention {
+        BlockMode::Nxdomain
+    } else {
+        mode
     };
+    const A: u16 = 1;
+    const AAAA: u16 = 28;
+    let data = match (mode, qtype) {
+        (BlockMode::Nxdomain, _) => BlockedData::Negative { nxdomain: true },
+        (BlockMode::Null, A) => BlockedData::V4(Ipv4Addr::UNSPECIFIED),
+        (BlockMode::Null, AAAA) => BlockedData::V6(Ipv6Addr::UNSPECIFIED),
+        (BlockMode::Page, A) => BlockedData::V4(
+            dns.block_page_ipv4
+                .or(options.default_block_page_v4)
+                .unwrap_or(Ipv4Addr::UNSPECIFIED),
+        ),
+        // No IPv6 block page: "no data", so the browser uses the A answer.
+        (BlockMode::Page, AAAA) => match dns.block_page_ipv6.or(options.default_block_page_v6) {
+            Some(ip) => BlockedData::V6(ip),
+            None => BlockedData::Negative { nxdomain: false },
+        },
+        // Every other type of a blocked name (HTTPS, SVCB, MX, TXT…) has no data.
+        _ => BlockedData::Negative { nxdomain: false },
+    };
+    BlockPlan {
+        data,
+        ttl: dns.blocked_ttl,
+        ede: Ede { code, text },
+    }
+}
+
+/// [`block_plan`] as records, for the general path.
+fn blocked_answer(
+    ctx: &QueryCtx,
+    query: &ClientQuery,
+    options: &HandlerOptions,
+    via: Option<&str>,
+) -> Answer {
+    let plan = block_plan(ctx, u16::from(query.query.query_type), options, via);
+    let name = query.query.name.clone();
+    let ttl = plan.ttl;
     let mut answer = Answer {
-        rcode: if mode == BlockMode::Nxdomain { ResponseCode::NXDomain } else { ResponseCode::NoError },
+        rcode: plan.rcode(),
         authoritative: true,
-        ede: Some(Ede { code, text }),
         ..Answer::default()
     };
-    match address {
-        Some(rdata) => answer.answers.push(Record::from_rdata(name, ttl, rdata)),
-        None => {
+    match plan.data {
+        BlockedData::V4(ip) => answer
+            .answers
+            .push(Record::from_rdata(name, ttl, RData::A(A(ip)))),
+        BlockedData::V6(ip) => {
+            answer
+                .answers
+                .push(Record::from_rdata(name, ttl, RData::AAAA(AAAA(ip))))
+        }
+        BlockedData::Negative { .. } => {
             // An SOA lets stub resolvers cache the negative answer (RFC 2308).
             let soa = SOA::new(
                 Name::from_ascii("vigie.invalid.").unwrap_or_else(|_| Name::root()),
@@ -453,8 +809,11 @@ fn blocked_answer(ctx: &QueryCtx, query: &ClientQuery, options: &HandlerOptions,
                 86_400,
                 ttl,
             );
-            answer.authorities.push(Record::from_rdata(name, ttl, RData::SOA(soa)));
+            answer
+                .authorities
+                .push(Record::from_rdata(name, ttl, RData::SOA(soa)));
         }
     }
+    answer.ede = Some(plan.ede);
     answer
 }

@@ -11,6 +11,7 @@
 //! Only clients inside `client_networks` get answers: never an open resolver.
 
 pub mod cache;
+pub mod fast;
 pub mod handler;
 pub mod server;
 pub mod upstream;
@@ -25,6 +26,7 @@ pub use server::Listeners;
 pub use upstream::{UpstreamError, UpstreamSpec, Upstreams};
 
 use crate::audit::AuditSink;
+use crate::identity::IdentityTable;
 use crate::snapshot::{Snapshot, SnapshotStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +43,16 @@ pub enum DnsError {
 
 /// The upstreams to use: `--upstream` flags first, then `[dns] upstreams`, then the
 /// system's resolvers (minus vigie itself).
-pub fn upstream_specs(cli: &[String], snap: &Snapshot, listen: SocketAddr) -> Result<Vec<UpstreamSpec>, UpstreamError> {
-    let given: &[String] = if cli.is_empty() { &snap.config.dns_upstreams } else { cli };
+pub fn upstream_specs(
+    cli: &[String],
+    snap: &Snapshot,
+    listen: SocketAddr,
+) -> Result<Vec<UpstreamSpec>, UpstreamError> {
+    let given: &[String] = if cli.is_empty() {
+        &snap.config.dns_upstreams
+    } else {
+        cli
+    };
     if given.is_empty() {
         let found = upstream::system_upstreams(&[listen]);
         if found.is_empty() {
@@ -56,7 +66,10 @@ pub fn upstream_specs(cli: &[String], snap: &Snapshot, listen: SocketAddr) -> Re
 /// Handler options from the snapshot's `[dns]` settings and the listen address.
 pub fn handler_options(snap: &Snapshot, listen: SocketAddr) -> HandlerOptions {
     let dns = &snap.config.dns;
-    let rate_limit = match (NonZeroU32::new(dns.rate_limit_qps), NonZeroU32::new(dns.rate_limit_burst)) {
+    let rate_limit = match (
+        NonZeroU32::new(dns.rate_limit_qps),
+        NonZeroU32::new(dns.rate_limit_burst),
+    ) {
         (Some(q), Some(b)) => Some((q, b)),
         (Some(q), None) => Some((q, q)),
         _ => None,
@@ -79,13 +92,66 @@ pub fn handler_options(snap: &Snapshot, listen: SocketAddr) -> HandlerOptions {
 }
 
 /// Builds the handler and binds the listeners (one UDP socket per worker thread).
-pub fn setup(store: Arc<SnapshotStore>, listen: SocketAddr, cli_upstreams: &[String], audit: AuditSink) -> Result<(Arc<Handler>, Listeners), DnsError> {
+/// `identities` is shared with the services that log people in (proxy, portal).
+pub fn setup(
+    store: Arc<SnapshotStore>,
+    identities: Arc<IdentityTable>,
+    listen: SocketAddr,
+    cli_upstreams: &[String],
+    audit: AuditSink,
+) -> Result<(Arc<Handler>, Listeners), DnsError> {
     let snap = store.load();
     let specs = upstream_specs(cli_upstreams, &snap, listen)?;
     let upstreams = Upstreams::new(specs, snap.config.dns.upstream_timeout)?;
     let options = handler_options(&snap, listen);
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let listeners = Listeners::bind(listen, workers).map_err(|source| DnsError::Bind { addr: listen, source })?;
-    let handler = Arc::new(Handler::new(store, upstreams, audit, options));
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let listeners = Listeners::bind(listen, workers).map_err(|source| DnsError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let handler = Arc::new(Handler::new(store, upstreams, identities, audit, options));
     Ok((handler, listeners))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use std::path::Path;
+
+    fn snap(dns: &str) -> Result<Snapshot, config::ConfigErrors> {
+        let text = format!("[profiles.invites]\n[dns]\n{dns}\n");
+        let mut cfg = config::parse(&text, "t.toml", Path::new("/"))?;
+        cfg.sources.clear();
+        Ok(Snapshot::build(cfg, None).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    #[test]
+    fn dns_settings_resolve_with_defaults_and_errors() {
+        let s = snap("").unwrap();
+        let d = &s.config.dns;
+        assert_eq!((d.rate_limit_qps, d.rate_limit_burst, d.blocked_ttl), (200, 400, 60));
+        assert!(!d.log_allowed);
+        let o = handler_options(&s, "10.0.0.1:53".parse().unwrap());
+        assert_eq!(o.default_block_page_v4, Some("10.0.0.1".parse().unwrap()));
+        assert!(o.rate_limit.is_some());
+        let o = handler_options(&s, "0.0.0.0:53".parse().unwrap());
+        assert_eq!(o.default_block_page_v4, None);
+
+        let s = snap("rate_limit_qps = 0\nblock_page_ipv4 = \"192.0.2.1\"\nupstreams = [\"tcp://192.0.2.53\"]").unwrap();
+        assert!(handler_options(&s, "127.0.0.1:53".parse().unwrap()).rate_limit.is_none());
+        assert_eq!(s.config.dns.block_page_ipv4, Some("192.0.2.1".parse().unwrap()));
+        let specs = upstream_specs(&[], &s, "127.0.0.1:53".parse().unwrap()).unwrap();
+        assert_eq!(specs[0].protocol, upstream::Protocol::Tcp);
+        // --upstream wins over the config.
+        let specs = upstream_specs(&["192.0.2.9:5353".into()], &s, "127.0.0.1:53".parse().unwrap()).unwrap();
+        assert_eq!(specs[0].addr, "192.0.2.9:5353".parse().unwrap());
+
+        let e = snap("block_page_ipv4 = \"not-an-ip\"").err().expect("invalid address rejected");
+        assert!(e.to_string().contains("t.toml:3:19:") && e.to_string().contains("block_page_ipv4"), "{e}");
+        let e = snap("cache_sise = 10").err().expect("unknown key rejected");
+        assert!(e.to_string().contains("cache_size"), "{e}");
+    }
 }

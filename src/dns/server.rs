@@ -69,10 +69,22 @@ impl Listeners {
     }
 
     /// Starts the UDP loops and the TCP accept loop in `tasks`.
-    pub fn serve(self, handler: Arc<Handler>, tasks: &mut JoinSet<()>, tracker: TaskTracker, cancel: CancellationToken) {
+    pub fn serve(
+        self,
+        handler: Arc<Handler>,
+        tasks: &mut JoinSet<()>,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) {
         let pending = Arc::new(Semaphore::new(MAX_PENDING_UPSTREAM));
         for sock in self.udp {
-            tasks.spawn(udp_loop(Arc::new(sock), handler.clone(), tracker.clone(), pending.clone(), cancel.clone()));
+            tasks.spawn(udp_loop(
+                Arc::new(sock),
+                handler.clone(),
+                tracker.clone(),
+                pending.clone(),
+                cancel.clone(),
+            ));
         }
         tasks.spawn(tcp_loop(self.tcp, handler, tracker, cancel));
     }
@@ -97,7 +109,13 @@ fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-async fn udp_loop(sock: Arc<UdpSocket>, handler: Arc<Handler>, tracker: TaskTracker, pending: Arc<Semaphore>, cancel: CancellationToken) {
+async fn udp_loop(
+    sock: Arc<UdpSocket>,
+    handler: Arc<Handler>,
+    tracker: TaskTracker,
+    pending: Arc<Semaphore>,
+    cancel: CancellationToken,
+) {
     let mut buf = vec![0u8; UDP_RECV_BUFFER];
     let cancelled = cancel.cancelled();
     tokio::pin!(cancelled);
@@ -139,7 +157,12 @@ async fn udp_loop(sock: Arc<UdpSocket>, handler: Arc<Handler>, tracker: TaskTrac
     }
 }
 
-async fn tcp_loop(listener: TcpListener, handler: Arc<Handler>, tracker: TaskTracker, cancel: CancellationToken) {
+async fn tcp_loop(
+    listener: TcpListener,
+    handler: Arc<Handler>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -171,7 +194,12 @@ async fn tcp_loop(listener: TcpListener, handler: Arc<Handler>, tracker: TaskTra
     }
 }
 
-async fn tcp_connection(mut stream: TcpStream, peer: SocketAddr, handler: Arc<Handler>, cancel: CancellationToken) -> io::Result<()> {
+async fn tcp_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<Handler>,
+    cancel: CancellationToken,
+) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(512);
     loop {

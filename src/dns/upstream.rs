@@ -22,9 +22,13 @@ use crate::metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("invalid upstream \"{spec}\": {why} (expected e.g. 9.9.9.9, 9.9.9.9:53, tcp://9.9.9.9, tls://9.9.9.9#dns.quad9.net, https://9.9.9.9/dns-query#dns.quad9.net)")]
+    #[error(
+        "invalid upstream \"{spec}\": {why} (expected e.g. 9.9.9.9, 9.9.9.9:53, tcp://9.9.9.9, tls://9.9.9.9#dns.quad9.net, https://9.9.9.9/dns-query#dns.quad9.net)"
+    )]
     Spec { spec: String, why: String },
-    #[error("no upstream resolver configured and none found in /etc/resolv.conf: give --upstream or [dns] upstreams")]
+    #[error(
+        "no upstream resolver configured and none found in /etc/resolv.conf: give --upstream or [dns] upstreams"
+    )]
     None,
     #[error("TLS setup for upstreams failed: {0}")]
     Tls(String),
@@ -47,8 +51,13 @@ pub enum Protocol {
     Plain,
     /// TCP only.
     Tcp,
-    Tls { server_name: String },
-    Https { server_name: String, path: String },
+    Tls {
+        server_name: String,
+    },
+    Https {
+        server_name: String,
+        path: String,
+    },
 }
 
 impl std::fmt::Display for UpstreamSpec {
@@ -57,7 +66,9 @@ impl std::fmt::Display for UpstreamSpec {
             Protocol::Plain => write!(f, "{}", self.addr),
             Protocol::Tcp => write!(f, "tcp://{}", self.addr),
             Protocol::Tls { server_name } => write!(f, "tls://{}#{server_name}", self.addr),
-            Protocol::Https { server_name, path } => write!(f, "https://{}{path}#{server_name}", self.addr),
+            Protocol::Https { server_name, path } => {
+                write!(f, "https://{}{path}#{server_name}", self.addr)
+            }
         }
     }
 }
@@ -91,10 +102,16 @@ pub fn parse_spec(spec: &str) -> Result<UpstreamSpec, UpstreamError> {
     };
     let addr = if let Ok(sa) = hostport.parse::<SocketAddr>() {
         sa
-    } else if let Ok(ip) = hostport.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    } else if let Ok(ip) = hostport
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         SocketAddr::new(ip, default_port)
     } else {
-        return Err(bad("the address must be an IP address, with an optional port"));
+        return Err(bad(
+            "the address must be an IP address, with an optional port",
+        ));
     };
     let server_name = || -> Result<String, UpstreamError> {
         match fragment {
@@ -110,10 +127,17 @@ pub fn parse_spec(spec: &str) -> Result<UpstreamSpec, UpstreamError> {
         },
         _ => Protocol::Https {
             server_name: server_name()?,
-            path: path.filter(|p| *p != "/").unwrap_or("/dns-query").to_string(),
+            path: path
+                .filter(|p| *p != "/")
+                .unwrap_or("/dns-query")
+                .to_string(),
         },
     };
-    if matches!(protocol, Protocol::Plain | Protocol::Tcp | Protocol::Tls { .. }) && path.is_some() {
+    if matches!(
+        protocol,
+        Protocol::Plain | Protocol::Tcp | Protocol::Tls { .. }
+    ) && path.is_some()
+    {
         return Err(bad("only https:// upstreams take a path"));
     }
     Ok(UpstreamSpec { addr, protocol })
@@ -129,7 +153,9 @@ pub fn system_upstreams(exclude: &[SocketAddr]) -> Vec<UpstreamSpec> {
     for ns in conf.name_servers() {
         let port = ns.connections.first().map(|c| c.port).unwrap_or(53);
         let addr = SocketAddr::new(ns.ip, port);
-        let is_self = exclude.iter().any(|e| e.port() == port && (e.ip() == ns.ip || e.ip().is_unspecified()));
+        let is_self = exclude
+            .iter()
+            .any(|e| e.port() == port && (e.ip() == ns.ip || e.ip().is_unspecified()));
         if !is_self && !out.iter().any(|o| o.addr == addr) {
             out.push(UpstreamSpec {
                 addr,
@@ -168,10 +194,14 @@ impl Upstreams {
             let mut c = match &s.protocol {
                 Protocol::Plain => NameServerConfig::udp_and_tcp(s.addr.ip()),
                 Protocol::Tcp => NameServerConfig::tcp(s.addr.ip()),
-                Protocol::Tls { server_name } => NameServerConfig::tls(s.addr.ip(), Arc::from(server_name.as_str())),
-                Protocol::Https { server_name, path } => {
-                    NameServerConfig::https(s.addr.ip(), Arc::from(server_name.as_str()), Some(Arc::from(path.as_str())))
+                Protocol::Tls { server_name } => {
+                    NameServerConfig::tls(s.addr.ip(), Arc::from(server_name.as_str()))
                 }
+                Protocol::Https { server_name, path } => NameServerConfig::https(
+                    s.addr.ip(),
+                    Arc::from(server_name.as_str()),
+                    Some(Arc::from(path.as_str())),
+                ),
             };
             for conn in &mut c.connections {
                 conn.port = s.addr.port();
@@ -183,7 +213,11 @@ impl Upstreams {
         let tls = TlsConfig::new().map_err(|e| UpstreamError::Tls(e.to_string()))?;
         let cx = Arc::new(PoolContext::new(opts, tls));
         let pool = NameServerPool::from_config(configs, cx, TokioRuntimeProvider::default());
-        Ok(Upstreams { pool, timeout, specs })
+        Ok(Upstreams {
+            pool,
+            timeout,
+            specs,
+        })
     }
 
     pub fn specs(&self) -> &[UpstreamSpec] {
@@ -202,10 +236,13 @@ impl Upstreams {
         let exchange = async { self.pool.send(request).next().await };
         // The pool has its own deadline; this outer bound holds even if a transport
         // misbehaves, so a client never waits longer than the configured timeout.
-        let result = tokio::time::timeout(self.timeout + Duration::from_millis(100), exchange).await;
+        let result =
+            tokio::time::timeout(self.timeout + Duration::from_millis(100), exchange).await;
         metrics::DNS_UPSTREAM_SECONDS.observe(started.elapsed().as_secs_f64());
         let (label, out) = match result {
-            Err(_) | Ok(Some(Err(NetError::Timeout))) => ("timeout", Err(UpstreamError::Timeout(self.timeout))),
+            Err(_) | Ok(Some(Err(NetError::Timeout))) => {
+                ("timeout", Err(UpstreamError::Timeout(self.timeout)))
+            }
             Ok(None) => ("error", Err(UpstreamError::Failed("no response".into()))),
             Ok(Some(Ok(response))) => {
                 let msg = response.into_message();
@@ -217,7 +254,14 @@ impl Upstreams {
                     authoritative: false,
                     ede: None,
                 };
-                (if answer.rcode == hickory_resolver::proto::op::ResponseCode::NXDomain { "nxdomain" } else { "ok" }, Ok(answer))
+                (
+                    if answer.rcode == hickory_resolver::proto::op::ResponseCode::NXDomain {
+                        "nxdomain"
+                    } else {
+                        "ok"
+                    },
+                    Ok(answer),
+                )
             }
             Ok(Some(Err(NetError::Dns(DnsError::NoRecordsFound(nr))))) => {
                 let answer = Answer {
@@ -226,13 +270,19 @@ impl Upstreams {
                     ..Answer::default()
                 };
                 (
-                    if nr.response_code == hickory_resolver::proto::op::ResponseCode::NXDomain { "nxdomain" } else { "nodata" },
+                    if nr.response_code == hickory_resolver::proto::op::ResponseCode::NXDomain {
+                        "nxdomain"
+                    } else {
+                        "nodata"
+                    },
                     Ok(answer),
                 )
             }
             Ok(Some(Err(e))) => ("error", Err(UpstreamError::Failed(e.to_string()))),
         };
-        metrics::DNS_UPSTREAM_TOTAL.with_label_values(&[label]).inc();
+        metrics::DNS_UPSTREAM_TOTAL
+            .with_label_values(&[label])
+            .inc();
         out
     }
 }
@@ -244,18 +294,32 @@ mod tests {
     #[test]
     fn specs_parse() {
         let p = |s| parse_spec(s).unwrap();
-        assert_eq!(p("9.9.9.9"), UpstreamSpec { addr: "9.9.9.9:53".parse().unwrap(), protocol: Protocol::Plain });
+        assert_eq!(
+            p("9.9.9.9"),
+            UpstreamSpec {
+                addr: "9.9.9.9:53".parse().unwrap(),
+                protocol: Protocol::Plain
+            }
+        );
         assert_eq!(p("127.0.0.1:5400").addr.port(), 5400);
         assert_eq!(p("[::1]:5400").addr, "[::1]:5400".parse().unwrap());
         assert_eq!(p("::1").addr, "[::1]:53".parse().unwrap());
         assert_eq!(p("tcp://10.0.0.1").protocol, Protocol::Tcp);
         assert_eq!(
             p("tls://9.9.9.9#dns.quad9.net"),
-            UpstreamSpec { addr: "9.9.9.9:853".parse().unwrap(), protocol: Protocol::Tls { server_name: "dns.quad9.net".into() } }
+            UpstreamSpec {
+                addr: "9.9.9.9:853".parse().unwrap(),
+                protocol: Protocol::Tls {
+                    server_name: "dns.quad9.net".into()
+                }
+            }
         );
         assert_eq!(
             p("https://1.1.1.1/dns-query#cloudflare-dns.com").protocol,
-            Protocol::Https { server_name: "cloudflare-dns.com".into(), path: "/dns-query".into() }
+            Protocol::Https {
+                server_name: "cloudflare-dns.com".into(),
+                path: "/dns-query".into()
+            }
         );
         assert!(parse_spec("dns.google").is_err());
         assert!(parse_spec("tls://9.9.9.9").is_err());

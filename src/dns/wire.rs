@@ -60,7 +60,12 @@ pub enum Reject {
     /// responses lets two servers loop).
     Drop(&'static str),
     /// Answer with this code and no question (FORMERR, NOTIMP).
-    Error { id: u16, op_code: OpCode, rd: bool, rcode: ResponseCode },
+    Error {
+        id: u16,
+        op_code: OpCode,
+        rd: bool,
+        rcode: ResponseCode,
+    },
     /// Unknown EDNS version (RFC 6891 §6.1.3): BADVERS with an OPT of version 0.
     BadVersion { id: u16, rd: bool },
 }
@@ -150,7 +155,8 @@ fn response_edns(ede: Option<&Ede>) -> Edns {
         let mut data = Vec::with_capacity(2 + ede.text.len());
         data.extend_from_slice(&ede.code.to_be_bytes());
         data.extend_from_slice(ede.text.as_bytes());
-        edns.options_mut().insert(EdnsOption::Unknown(EDE_OPTION, data));
+        edns.options_mut()
+            .insert(EdnsOption::Unknown(EDE_OPTION, data));
     }
     edns
 }
@@ -203,7 +209,12 @@ fn servfail(query: &ClientQuery) -> Vec<u8> {
 pub fn encode_reject(reject: &Reject) -> Option<(Vec<u8>, ResponseCode)> {
     match *reject {
         Reject::Drop(_) => None,
-        Reject::Error { id, op_code, rd, rcode } => {
+        Reject::Error {
+            id,
+            op_code,
+            rd,
+            rcode,
+        } => {
             let mut msg = Message::error_msg(id, op_code, rcode);
             msg.metadata.recursion_desired = rd;
             msg.metadata.recursion_available = true;
@@ -281,12 +292,31 @@ mod tests {
         assert_eq!(parse_query(&b).err(), Some(Reject::Drop("response")));
         let mut b = query_bytes("a.org.", None);
         b[5] = 2; // QDCOUNT = 2
-        assert!(matches!(parse_query(&b), Err(Reject::Error { rcode: ResponseCode::FormErr, id: 77, .. })));
+        assert!(matches!(
+            parse_query(&b),
+            Err(Reject::Error {
+                rcode: ResponseCode::FormErr,
+                id: 77,
+                ..
+            })
+        ));
         let mut b = query_bytes("a.org.", None);
         b[2] = (b[2] & 0x87) | (5 << 3); // opcode UPDATE
-        assert!(matches!(parse_query(&b), Err(Reject::Error { rcode: ResponseCode::NotImp, .. })));
+        assert!(matches!(
+            parse_query(&b),
+            Err(Reject::Error {
+                rcode: ResponseCode::NotImp,
+                ..
+            })
+        ));
         let b = query_bytes("a.org.", None);
-        assert!(matches!(parse_query(&b[..b.len() - 2]), Err(Reject::Error { rcode: ResponseCode::FormErr, .. })));
+        assert!(matches!(
+            parse_query(&b[..b.len() - 2]),
+            Err(Reject::Error {
+                rcode: ResponseCode::FormErr,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -305,7 +335,15 @@ mod tests {
 
         let name = Name::from_ascii("a.org.").unwrap();
         let big: Vec<Record> = (0..200u32)
-            .map(|i| Record::from_rdata(name.clone(), 60, hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A(std::net::Ipv4Addr::from(i)))))
+            .map(|i| {
+                Record::from_rdata(
+                    name.clone(),
+                    60,
+                    hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A(
+                        std::net::Ipv4Addr::from(i),
+                    )),
+                )
+            })
             .collect();
         let a = Answer {
             answers: big,

@@ -53,7 +53,12 @@ pub(crate) fn key(specs: &[SourceSpec], skipped: &[bool], stamps: &[FileStamp<'_
     for (spec, skipped) in specs.iter().zip(skipped) {
         h.update(&spec.id.to_le_bytes());
         h.update(&spec.category.to_le_bytes());
-        h.update(&[spec.format as u8, u8::from(spec.optional), u8::from(spec.exception), u8::from(*skipped)]);
+        h.update(&[
+            spec.format as u8,
+            u8::from(spec.optional),
+            u8::from(spec.exception),
+            u8::from(*skipped),
+        ]);
         let path = spec.path.as_os_str().as_encoded_bytes();
         h.update(&(path.len() as u64).to_le_bytes());
         h.update(path);
@@ -73,7 +78,11 @@ pub(crate) fn path(dir: &Path) -> PathBuf {
 }
 
 /// Loads the cached set if the file exists, matches `key` and is intact.
-pub(crate) fn load(dir: &Path, key: u64, nsources: usize) -> Option<(DomainSet, Vec<DomainFileReport>)> {
+pub(crate) fn load(
+    dir: &Path,
+    key: u64,
+    nsources: usize,
+) -> Option<(DomainSet, Vec<DomainFileReport>)> {
     let data = std::fs::read(path(dir)).ok()?;
     let mut r = Reader::new(&data);
     if r.take(8)? != MAGIC || r.u32()? != FORMAT_VERSION {
@@ -105,7 +114,12 @@ pub(crate) fn store(dir: &Path, key: u64, set: &DomainSet, reports: &[DomainFile
     }
 }
 
-fn try_store(dir: &Path, key: u64, set: &DomainSet, reports: &[DomainFileReport]) -> std::io::Result<()> {
+fn try_store(
+    dir: &Path,
+    key: u64,
+    set: &DomainSet,
+    reports: &[DomainFileReport],
+) -> std::io::Result<()> {
     let mut payload = Vec::new();
     set.write_to(&mut payload);
     write_reports(&mut payload, reports);
@@ -164,7 +178,8 @@ fn read_reports(r: &mut Reader<'_>) -> Option<Vec<DomainFileReport>> {
             let reason = std::str::from_utf8(r.bytes()?).ok()?.to_string();
             // Paths are written by this same program on this same OS.
             #[cfg(unix)]
-            let file = PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(file));
+            let file =
+                PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(file));
             #[cfg(not(unix))]
             let file = PathBuf::from(std::str::from_utf8(file).ok()?);
             first_bad.push(BadLine { file, line, reason });

@@ -12,20 +12,24 @@
 //! Layout: a static open-addressing table of 64-byte buckets (one cache line), each
 //! holding 6 `u64` hashes and, beside them, the 6 `u16` ids of their interned "tag
 //! sets" — the list of `(category, source, exception)` that listed the name — so a
-//! hit costs one cache line, not two. The home buckets are ~85 % full. Keys are placed
+//! hit costs one cache line, not two. The home buckets are ~75 % full. Keys are placed
 //! in ascending hash order with linear probing and the home bucket is a monotone
-//! function of the hash (fast range, multiply-high), so the table is globally sorted:
-//! a probe stops at the first empty slot or larger hash and needs the next bucket
-//! only when its home bucket is full of smaller hashes (~30 % of probes, simulated).
-//! The lookup hashes all suffixes, then reads every home bucket and its neighbour in
-//! one branch-free pass, so the cache misses of a query overlap instead of queueing
-//! behind each other; only the rare probe that runs past two buckets loops.
+//! function of the hash (fast range, multiply-high), so the table is globally sorted
+//! and a bucket is filled from its first slot: the rank of the hash among a bucket's
+//! keys says where it can be, and a probe needs the next bucket only when its home
+//! bucket is full of smaller hashes (14 % of probes at 75 %, simulated). The lookup
+//! hashes and ranks every candidate suffix in one pass that never branches on loaded
+//! data, so the cache misses of a query overlap instead of queueing behind each
+//! other, and the table sits in huge pages (see `Table`) so a miss is not also a TLB
+//! miss.
 //!
-//! False positives: two different names share a 64-bit xxh3 hash with probability
-//! ~2^-64 per pair, so a lookup of ~3 suffixes against 5 M entries reports a name
-//! that is not listed with probability ~1e-12. We accept that: it can only over-block
-//! (a collision never *hides* a listed name), it saves ~20 bytes per entry, and the
-//! explain trace shows the suffix that matched so a staff member can see it.
+//! False positives: a suffix that is not listed matches only if its 64-bit xxh3
+//! hash equals that of a listed name, ~N/2^64 ≈ 3e-13 per suffix at 5 M names
+//! (the bucket position is derived from the same hash, so only exact equality
+//! counts). We accept that: it can only over-block (a collision never *hides* a
+//! listed name), storing the text instead would cost ~20 bytes per name, and the
+//! explain trace shows the suffix that matched. Crafting a collision buys an
+//! attacker nothing but blocking a name of their own.
 
 use std::collections::HashMap;
 
@@ -41,9 +45,10 @@ const MAX_NAME: usize = 253;
 const MAX_LABEL: usize = 63;
 /// Slots per bucket: 6 × (u64 + u16) + 4 spare bytes = one 64-byte cache line.
 const SLOTS: usize = 6;
-/// Fill ratio of the home buckets, in percent: 85 % costs ~12.5 bytes per name;
-/// 90 % would save 0.7 byte but send 44 % of probes to a second bucket (simulated).
-const LOAD_PERCENT: usize = 85;
+/// Fill ratio of the home buckets, in percent. Latency is the scarcer resource: at
+/// 75 % (14.2 bytes per name) 14 % of probes need a second, dependent cache line; at
+/// 85 % (12.5 bytes) 30 % do, and at 90 % (11.9 bytes) 44 % (simulated).
+const LOAD_PERCENT: usize = 75;
 
 /// One list entry that matched a host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,54 +238,169 @@ pub(crate) struct Tag {
 }
 
 /// One cache line of the table: keys in ascending order from slot 0, 0 = empty.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// `Pod` lets the table live in a huge-page mapping, viewed through bytemuck.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(64))]
 struct Bucket {
     keys: [u64; SLOTS],
     /// Tag-set id of each key (meaningless for empty slots).
     tags: [u16; SLOTS],
+    _spare: u32,
+}
+
+/// The bucket array, in 2 MiB pages where the kernel gives them.
+///
+/// Every lookup reads random cache lines of a table far larger than the caches,
+/// so with 4 KiB pages nearly every probe is also a TLB miss, and on a virtual
+/// machine a TLB miss is a two-dimensional page walk. Measured on the 2-core dev VM
+/// (64 MiB, dependent random reads): 167 ns per read with 4 KiB pages, 142 ns with
+/// huge pages. Linux gives anonymous memory huge pages only on request
+/// (`transparent_hugepage=madvise` is the common default), hence an anonymous
+/// mapping advised `MADV_HUGEPAGE`; small tables and other systems use a `Vec`.
+enum Table {
+    Heap(Vec<Bucket>),
+    #[cfg(target_os = "linux")]
+    Huge(memmap2::MmapMut),
+}
+
+/// Below this size the table fits the TLB's reach anyway.
+const HUGE_TABLE_MIN: usize = 4 << 20;
+
+impl Table {
+    /// `n` empty buckets.
+    fn zeroed(n: usize) -> Table {
+        #[cfg(target_os = "linux")]
+        if n * std::mem::size_of::<Bucket>() >= HUGE_TABLE_MIN
+            && let Ok(map) = memmap2::MmapOptions::new()
+                .len(n * std::mem::size_of::<Bucket>())
+                .map_anon()
+        {
+            // Advice only: without huge pages the table still works, a bit slower.
+            let _ = map.advise(memmap2::Advice::HugePage);
+            let table = Table::Huge(map);
+            if table.as_slice().len() == n {
+                return table;
+            }
+        }
+        Table::Heap(vec![Bucket::default(); n])
+    }
+
+    #[inline(always)]
+    fn as_slice(&self) -> &[Bucket] {
+        match self {
+            Table::Heap(v) => v,
+            // A fresh mapping is page-aligned and sized in whole buckets, so the
+            // cast cannot fail; an empty slice would only make every lookup miss.
+            #[cfg(target_os = "linux")]
+            Table::Huge(m) => bytemuck::try_cast_slice(&m[..]).unwrap_or(&[]),
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Bucket] {
+        match self {
+            Table::Heap(v) => v,
+            #[cfg(target_os = "linux")]
+            Table::Huge(m) => bytemuck::try_cast_slice_mut(&mut m[..]).unwrap_or(&mut []),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Table::Heap(v) => v.capacity() * std::mem::size_of::<Bucket>(),
+            #[cfg(target_os = "linux")]
+            Table::Huge(m) => m.len(),
+        }
+    }
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table::Heap(Vec::new())
+    }
+}
+
+impl Clone for Table {
+    fn clone(&self) -> Self {
+        let mut t = Table::zeroed(self.as_slice().len());
+        t.as_mut_slice().copy_from_slice(self.as_slice());
+        t
+    }
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Table({} buckets)", self.as_slice().len())
+    }
 }
 
 impl Bucket {
-    /// Bit i set when slot i holds `h`; branch-free so the loads of several probes
-    /// can be in flight together.
-    #[inline]
-    fn mask(&self, h: u64) -> u32 {
-        let mut m = 0;
-        for (i, &k) in self.keys.iter().enumerate() {
-            m |= u32::from(k == h) << i;
+    /// Number of keys smaller than `h` (empty slots, 0, count as larger: `k - 1`
+    /// wraps them to the maximum). Keys are sorted, so `h` can only be at this slot,
+    /// and a rank of `SLOTS` means the bucket is full of smaller keys. Branch-free, so
+    /// the loads of several probes can be in flight together.
+    #[inline(always)]
+    fn rank(&self, h: u64) -> usize {
+        let h1 = h - 1; // h ≥ 1 (0 is remapped)
+        self.keys
+            .iter()
+            .map(|&k| usize::from(k.wrapping_sub(1) < h1))
+            .sum()
+    }
+
+    /// Tag-set id of `h` if this bucket holds it, given its `rank`.
+    #[inline(always)]
+    fn tag_of(&self, h: u64, rank: usize) -> Option<u16> {
+        match (self.keys.get(rank), self.tags.get(rank)) {
+            (Some(&k), Some(&t)) if k == h => Some(t),
+            _ => None,
         }
-        m
-    }
-
-    /// `h` may be stored after this bucket: it is full and all its keys are smaller.
-    #[inline]
-    fn continues_past(&self, h: u64) -> bool {
-        let last = self.keys[SLOTS - 1];
-        last != 0 && last < h
-    }
-
-    #[inline]
-    fn tag_at(&self, mask: u32) -> u16 {
-        self.tags.get(mask.trailing_zeros() as usize).copied().unwrap_or(0)
     }
 }
 
 const _: () = assert!(std::mem::size_of::<Bucket>() == 64);
 
-/// One suffix of a query being probed.
+/// One suffix of a query, probed.
 #[derive(Clone, Copy)]
 struct Probe {
     hash: u64,
-    suffix_len: u8,
     bucket: usize,
+    /// `Bucket::rank` of the hash in its home bucket.
+    rank: usize,
+    suffix_len: u8,
+}
+
+/// Suffixes probed together (a query with more candidate suffixes takes several
+/// rounds); small enough to keep the lookup's stack frame under one page.
+const PROBE_BATCH: usize = 8;
+
+/// Size of the stack buffer a query is normalised into: 253 bytes rounded up to
+/// whole u64 words, zero-padded.
+const NAME_BUF: usize = 256;
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Lower-cases 8 ASCII bytes at once: the high bit of `b + (0x80 - 'A')` says
+/// `b >= 'A'`, that of `b + (0x7f - 'Z')` says `b > 'Z'`; no byte carries into the
+/// next because every byte is < 0x80.
+#[inline]
+fn lower8(x: u64) -> u64 {
+    let ge_a = x + LO * (0x80 - u64::from(b'A'));
+    let gt_z = x + LO * (0x7f - u64::from(b'Z'));
+    x | ((ge_a & !gt_z & HI) >> 2)
+}
+
+/// 0x80 in each byte of `x` that is a `.` (exact zero-byte test on `x ^ "........"`).
+#[inline]
+fn dots8(x: u64) -> u64 {
+    let v = x ^ (LO * u64::from(b'.'));
+    !(((v & !HI) + !HI) | v) & HI
 }
 
 /// The compiled, immutable set of listed domains (see the module doc for the layout).
 #[derive(Clone, Debug, Default)]
 pub struct DomainSet {
-    /// Never empty once built (the probe reads a neighbour bucket unconditionally).
-    buckets: Vec<Bucket>,
+    /// One home bucket at least once built.
+    buckets: Table,
     /// Number of home buckets; the overflow buckets after them hold only keys pushed
     /// out of the last home buckets.
     home_buckets: u64,
@@ -299,83 +419,113 @@ impl DomainSet {
     /// punycode first, the only case that allocates (DNS queries and SNI are always
     /// ASCII). A host that is not a valid name simply matches nothing.
     pub fn lookup(&self, host: &str) -> DomainMatch {
-        let mut m = DomainMatch::default();
-        if self.len == 0 {
-            return m;
-        }
         let raw = host.as_bytes();
         let raw = raw.strip_suffix(b".").unwrap_or(raw);
-        if raw.is_empty() || raw.len() > MAX_NAME {
-            return m;
-        }
         if !raw.is_ascii() {
-            if let Ok(ascii) = normalize_host(host) {
-                self.lookup_ascii(ascii.as_bytes(), &mut m);
-            }
-            return m;
+            return self.lookup_non_ascii(host);
         }
-        let mut buf = [0u8; MAX_NAME];
-        let name = &mut buf[..raw.len()];
-        for (d, s) in name.iter_mut().zip(raw) {
-            *d = s.to_ascii_lowercase();
+        let mut m = DomainMatch::default();
+        if !raw.is_empty() && raw.len() <= MAX_NAME && self.len != 0 {
+            self.lookup_ascii(raw, &mut m);
         }
-        self.lookup_ascii(name, &mut m);
         m
     }
 
-    /// `name` is lower-case ASCII of at most 253 bytes.
-    fn lookup_ascii(&self, name: &[u8], m: &mut DomainMatch) {
-        // Label starts, right to left: suffix j (0-based from the right) has j+1 labels.
-        let mut starts: ArrayVec<u8, 128> = ArrayVec::new();
-        for i in (0..name.len()).rev() {
-            if name[i] == b'.' {
-                // ≤ 253 bytes means ≤ 127 dots, so this never overflows.
-                let _ = starts.try_push((i + 1) as u8);
-            }
+    /// Internationalised host: converted to punycode first (allocates; DNS queries
+    /// and SNI never take this path, they are ASCII on the wire).
+    #[cold]
+    #[inline(never)]
+    fn lookup_non_ascii(&self, host: &str) -> DomainMatch {
+        match normalize_host(host) {
+            Ok(ascii) if ascii.is_ascii() => self.lookup(&ascii),
+            _ => DomainMatch::default(),
         }
-        let _ = starts.try_push(0);
-        // Hash every candidate suffix before probing, most specific first.
-        let mut probes: ArrayVec<Probe, 128> = ArrayVec::new();
-        for (j, &start) in starts.iter().enumerate().rev() {
-            if self.label_mask & label_bit(j + 1) != 0 {
-                let suffix = &name[start as usize..];
-                let hash = name_hash(suffix);
-                let _ = probes.try_push(Probe {
-                    hash,
-                    suffix_len: suffix.len() as u8,
-                    bucket: home_bucket(hash, self.home_buckets),
-                });
-            }
-        }
-        let Some(last) = self.buckets.len().checked_sub(1) else {
+    }
+
+    /// `raw` is a non-empty ASCII name of at most 253 bytes, any case.
+    #[inline(always)]
+    fn lookup_ascii(&self, raw: &[u8], m: &mut DomainMatch) {
+        let buckets = self.buckets.as_slice();
+        let Some(last) = buckets.len().checked_sub(1) else {
             return;
         };
-        // Pass 1, branch-free: the home bucket and its neighbour of every probe. A
-        // key is stored once, so a match in either bucket is the key.
-        let mut found: ArrayVec<(Option<u16>, bool), 128> = ArrayVec::new();
-        for p in &probes {
-            let b0 = &self.buckets[p.bucket.min(last)];
-            let b1 = &self.buckets[(p.bucket + 1).min(last)];
-            let (m0, m1) = (b0.mask(p.hash), b1.mask(p.hash));
-            let tag = if m0 != 0 {
-                Some(b0.tag_at(m0))
-            } else if m1 != 0 {
-                Some(b1.tag_at(m1))
-            } else {
-                None
+        // Lower-case into a stack buffer and find the dots 8 bytes at a time (SWAR
+        // on u64 words): a third of the instructions of a byte loop, on the path of
+        // every query.
+        let mut buf = [0u8; NAME_BUF];
+        let len = raw.len();
+        let (words, tail) = raw.as_chunks::<8>();
+        let tail_word = match raw.last_chunk::<8>() {
+            // The last 8 bytes, shifted so the tail bytes come first and zeros follow.
+            Some(w) if !tail.is_empty() => u64::from_le_bytes(*w) >> (8 * (8 - tail.len())),
+            _ => tail
+                .iter()
+                .rev()
+                .fold(0, |acc, &b| (acc << 8) | u64::from(b)),
+        };
+        // Label starts, left to right; `starts[0] = 0` is the whole name.
+        let mut starts = [0u8; 128];
+        let mut labels = 1;
+        let (out, _) = buf.as_chunks_mut::<8>();
+        for i in 0..len.div_ceil(8) {
+            let word = match words.get(i) {
+                Some(w) => u64::from_le_bytes(*w),
+                None => tail_word,
             };
-            let _ = found.try_push((tag, b1.continues_past(p.hash)));
+            let x = lower8(word);
+            if let Some(dst) = out.get_mut(i) {
+                *dst = x.to_le_bytes();
+            }
+            let mut dots = dots8(x);
+            while dots != 0 {
+                let at = i * 8 + (dots.trailing_zeros() / 8) as usize;
+                // ≤ 253 bytes means ≤ 126 dots: `labels` stays < 128.
+                if let Some(s) = starts.get_mut(labels) {
+                    *s = (at + 1) as u8;
+                    labels += 1;
+                }
+                dots &= dots - 1;
+            }
         }
-        // Pass 2: results, and the rare probe that must walk further.
-        for (p, &(tag, further)) in probes.iter().zip(&found) {
-            let tag = match tag {
-                Some(t) => Some(t),
-                None if further => self.find_from(p.hash, p.bucket + 2),
-                None => None,
-            };
-            if let Some(id) = tag {
-                for &t in self.tag_set(id) {
-                    m.push(t, p.suffix_len);
+        let name = &buf[..len];
+
+        let mut j = 0;
+        while j < labels {
+            // Pass 1, most specific suffix first: hash each suffix whose label count
+            // some entry has, rank it in its home bucket and load the first key of the
+            // next bucket. Nothing here branches on loaded data, so a hit cannot make
+            // the CPU squash and re-issue the loads of the other suffixes: all the
+            // cache misses of the query are in flight together.
+            let mut probes: ArrayVec<Probe, PROBE_BATCH> = ArrayVec::new();
+            while j < labels && !probes.is_full() {
+                let start = usize::from(starts[j]);
+                let wanted = self.label_mask & label_bit(labels - j) != 0;
+                j += 1;
+                if !wanted {
+                    continue;
+                }
+                let suffix = name.get(start..).unwrap_or_default();
+                let hash = name_hash(suffix);
+                let bucket = home_bucket(hash, self.home_buckets).min(last);
+                let _ = probes.try_push(Probe {
+                    hash,
+                    bucket,
+                    rank: buckets[bucket].rank(hash),
+                    suffix_len: suffix.len() as u8,
+                });
+            }
+            // Pass 2: decode. A probe goes on to the next bucket only when its home
+            // bucket is full of smaller keys.
+            for p in &probes {
+                let tag = match buckets[p.bucket].tag_of(p.hash, p.rank) {
+                    Some(t) => Some(t),
+                    None if p.rank == SLOTS => self.find_from(p.hash, p.bucket + 1),
+                    None => None,
+                };
+                if let Some(id) = tag {
+                    for &t in self.tag_set(id) {
+                        m.push(t, p.suffix_len);
+                    }
                 }
             }
         }
@@ -383,14 +533,14 @@ impl DomainSet {
 
     /// Tag-set id of `h`, scanning from bucket `b` on.
     fn find_from(&self, h: u64, mut b: usize) -> Option<u16> {
-        while let Some(bucket) = self.buckets.get(b) {
-            let m = bucket.mask(h);
-            if m != 0 {
-                return Some(bucket.tag_at(m));
+        while let Some(bucket) = self.buckets.as_slice().get(b) {
+            let rank = bucket.rank(h);
+            if let Some(t) = bucket.tag_of(h, rank) {
+                return Some(t);
             }
             // Keys are globally sorted and each bucket is filled from its start, so
             // `h` can only be further on when this bucket is full of smaller keys.
-            if !bucket.continues_past(h) {
+            if rank < SLOTS {
                 return None;
             }
             b += 1;
@@ -417,18 +567,24 @@ impl DomainSet {
 
     /// Heap bytes held by the set.
     pub fn memory_bytes(&self) -> usize {
-        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+        self.buckets.bytes()
             + self.set_offsets.capacity() * 4
             + self.set_items.capacity() * std::mem::size_of::<Tag>()
     }
 
     /// Appends the set to a cache payload (little-endian, see `read_from`).
     pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
-        out.reserve(self.buckets.len() * SLOTS * 10 + 64);
-        for v in [self.len as u64, self.home_buckets, self.buckets.len() as u64, self.label_mask] {
+        let buckets = self.buckets.as_slice();
+        out.reserve(buckets.len() * SLOTS * 10 + 64);
+        for v in [
+            self.len as u64,
+            self.home_buckets,
+            buckets.len() as u64,
+            self.label_mask,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        for b in &self.buckets {
+        for b in buckets {
             for k in b.keys {
                 out.extend_from_slice(&k.to_le_bytes());
             }
@@ -455,25 +611,31 @@ impl DomainSet {
         let home_buckets = r.u64()?;
         let nbuckets = usize::try_from(r.u64()?).ok()?;
         let label_mask = r.u64()?;
-        if home_buckets == 0 || home_buckets > nbuckets as u64 || len > nbuckets.checked_mul(SLOTS)? {
+        if home_buckets == 0
+            || home_buckets > nbuckets as u64
+            || len > nbuckets.checked_mul(SLOTS)?
+        {
             return None;
         }
         const BUCKET_BYTES: usize = SLOTS * 10;
         let raw = r.take(nbuckets.checked_mul(BUCKET_BYTES)?)?;
-        let buckets: Vec<Bucket> = raw
-            .chunks_exact(BUCKET_BYTES)
-            .map(|c| {
-                let (keys, tags) = c.split_at(SLOTS * 8);
-                let mut b = Bucket::default();
-                for (k, w) in b.keys.iter_mut().zip(keys.chunks_exact(8)) {
-                    *k = u64::from_le_bytes(w.try_into().unwrap_or_default());
-                }
-                for (t, w) in b.tags.iter_mut().zip(tags.chunks_exact(2)) {
-                    *t = u16::from_le_bytes([w[0], w[1]]);
-                }
-                b
-            })
-            .collect();
+        let mut buckets = Table::zeroed(nbuckets);
+        for (b, c) in buckets
+            .as_mut_slice()
+            .iter_mut()
+            .zip(raw.chunks_exact(BUCKET_BYTES))
+        {
+            let (keys, tags) = c.split_at(SLOTS * 8);
+            for (k, w) in b.keys.iter_mut().zip(keys.chunks_exact(8)) {
+                *k = u64::from_le_bytes(w.try_into().unwrap_or_default());
+            }
+            for (t, w) in b.tags.iter_mut().zip(tags.chunks_exact(2)) {
+                *t = u16::from_le_bytes([w[0], w[1]]);
+            }
+        }
+        if buckets.as_slice().len() != nbuckets {
+            return None;
+        }
         let noffsets = usize::try_from(r.u64()?).ok()?;
         let raw = r.take(noffsets.checked_mul(4)?)?;
         let set_offsets: Vec<u32> = raw
@@ -495,12 +657,19 @@ impl DomainSet {
         if set_offsets.first() != Some(&0)
             || set_offsets.last().map(|&o| o as usize) != Some(set_items.len())
             || set_offsets.windows(2).any(|w| w[0] > w[1])
-            || set_items.iter().any(|t| usize::from(t.category) >= CatSet::MAX)
+            || set_items
+                .iter()
+                .any(|t| usize::from(t.category) >= CatSet::MAX)
         {
             return None;
         }
         let nsets = set_offsets.len() - 1;
-        if buckets.iter().flat_map(|b| b.tags).any(|t| usize::from(t) >= nsets) {
+        if buckets
+            .as_slice()
+            .iter()
+            .flat_map(|b| b.tags)
+            .any(|t| usize::from(t) >= nsets)
+        {
             return None;
         }
         Some(DomainSet {
@@ -568,21 +737,22 @@ impl DomainSetBuilder {
 
         let len = keys.len();
         let home_buckets = (len * 100).div_ceil(SLOTS * LOAD_PERCENT).max(1);
-        let mut buckets = vec![Bucket::default(); home_buckets];
-        let mut pos = 0usize;
+        // Linear probing in hash order: a key goes to the first free slot at or after
+        // its home bucket, which keeps the whole table sorted. A first pass sizes
+        // the table (overflow buckets past the last home bucket), the second fills it.
+        let place = |pos: usize, h: u64| pos.max(home_bucket(h, home_buckets as u64) * SLOTS);
+        let end = keys.iter().fold(0, |pos, &(h, _)| place(pos, h) + 1);
+        let mut buckets = Table::zeroed(home_buckets.max(end.div_ceil(SLOTS)));
+        let table = buckets.as_mut_slice();
+        let mut pos = 0;
         for &(h, id) in &keys {
-            // Linear probing in hash order: a key goes to the first free slot at or
-            // after its home bucket, which keeps the whole table sorted.
-            pos = pos.max(home_bucket(h, home_buckets as u64) * SLOTS);
-            if pos >= buckets.len() * SLOTS {
-                buckets.push(Bucket::default());
+            pos = place(pos, h);
+            if let Some(bucket) = table.get_mut(pos / SLOTS) {
+                bucket.keys[pos % SLOTS] = h;
+                bucket.tags[pos % SLOTS] = id;
             }
-            let bucket = &mut buckets[pos / SLOTS];
-            bucket.keys[pos % SLOTS] = h;
-            bucket.tags[pos % SLOTS] = id;
             pos += 1;
         }
-        buckets.shrink_to_fit();
         let (set_offsets, set_items) = sets.finish();
         Ok(DomainSet {
             buckets,
@@ -625,7 +795,8 @@ impl<'a> TagSets<'a> {
             return Ok(id);
         }
         let id = u16::try_from(self.offsets.len() - 1).map_err(|_| ListError::TooManyTagSets)?;
-        self.items.extend(group.iter().filter_map(|&t| self.tags.get(t as usize)));
+        self.items
+            .extend(group.iter().filter_map(|&t| self.tags.get(t as usize)));
         self.offsets.push(self.items.len() as u32);
         if let [one] = group {
             if let Some(slot) = self.single.get_mut(*one as usize) {
@@ -669,18 +840,43 @@ mod tests {
         assert_eq!(normalize_host("Example.COM.").unwrap(), "example.com");
         assert_eq!(normalize_host("*.ex.org").unwrap(), "ex.org");
         assert_eq!(normalize_host(".ex.org").unwrap(), "ex.org");
-        assert_eq!(normalize_host(" foo_bar.tripod.com ").unwrap(), "foo_bar.tripod.com");
+        assert_eq!(
+            normalize_host(" foo_bar.tripod.com ").unwrap(),
+            "foo_bar.tripod.com"
+        );
         assert_eq!(normalize_host("BÜCHER.de").unwrap(), "xn--bcher-kva.de");
-        assert_eq!(normalize_host("пример.рф").unwrap(), "xn--e1afmkfd.xn--p1ai");
+        assert_eq!(
+            normalize_host("пример.рф").unwrap(),
+            "xn--e1afmkfd.xn--p1ai"
+        );
         assert_eq!(normalize_host("").unwrap_err(), "empty name");
         assert_eq!(normalize_host("."), Err("empty name".to_string()));
-        assert!(normalize_host("a..b").unwrap_err().starts_with("empty label"));
-        assert!(normalize_host("a.com..").unwrap_err().starts_with("empty label"));
+        assert!(
+            normalize_host("a..b")
+                .unwrap_err()
+                .starts_with("empty label")
+        );
+        assert!(
+            normalize_host("a.com..")
+                .unwrap_err()
+                .starts_with("empty label")
+        );
         let long_label = format!("{}.com", "a".repeat(64));
-        assert!(normalize_host(&long_label).unwrap_err().starts_with("label of 64 bytes"));
+        assert!(
+            normalize_host(&long_label)
+                .unwrap_err()
+                .starts_with("label of 64 bytes")
+        );
         let long_name = vec!["abcdefghi"; 26].join(".");
-        assert_eq!(normalize_host(&long_name).unwrap_err(), "name of 259 bytes (more than 253)");
-        assert!(normalize_host("a b.com").unwrap_err().contains("invalid character ' '"));
+        assert_eq!(
+            normalize_host(&long_name).unwrap_err(),
+            "name of 259 bytes (more than 253)"
+        );
+        assert!(
+            normalize_host("a b.com")
+                .unwrap_err()
+                .contains("invalid character ' '")
+        );
         assert!(normalize_host("a.*.com").unwrap_err().contains("'*'"));
         assert!(normalize_host("http://x.com").unwrap_err().contains("':'"));
     }
@@ -739,7 +935,10 @@ mod tests {
     fn idn_lookup_and_label_mask_skip() {
         let s = set_of(&[("bücher.de", 1, false), ("com", 2, false)]);
         assert_eq!(s.lookup("www.BÜCHER.de").categories(), CatSet::single(1));
-        assert_eq!(s.lookup("www.xn--bcher-kva.de").categories(), CatSet::single(1));
+        assert_eq!(
+            s.lookup("www.xn--bcher-kva.de").categories(),
+            CatSet::single(1)
+        );
         assert_eq!(s.lookup("anything.com").categories(), CatSet::single(2));
     }
 
@@ -754,9 +953,13 @@ mod tests {
 
     #[test]
     fn many_hits_are_truncated_but_categories_complete() {
-        let entries: Vec<(String, CategoryId)> =
-            (0..20).map(|c| ("x.com".to_string(), c as CategoryId)).collect();
-        let refs: Vec<_> = entries.iter().map(|(n, c)| (n.as_str(), *c, false)).collect();
+        let entries: Vec<(String, CategoryId)> = (0..20)
+            .map(|c| ("x.com".to_string(), c as CategoryId))
+            .collect();
+        let refs: Vec<_> = entries
+            .iter()
+            .map(|(n, c)| (n.as_str(), *c, false))
+            .collect();
         let s = set_of(&refs);
         let m = s.lookup("x.com");
         assert_eq!(m.hits.len(), 16);
@@ -793,6 +996,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn large_tables_live_in_the_mapping_and_behave_the_same() {
+        let n = HUGE_TABLE_MIN / std::mem::size_of::<Bucket>() + 10;
+        let mut t = Table::zeroed(n);
+        #[cfg(target_os = "linux")]
+        assert!(matches!(t, Table::Huge(_)));
+        assert_eq!(t.as_slice().len(), n);
+        t.as_mut_slice()[n - 1].keys[0] = 7;
+        assert_eq!(t.clone().as_slice()[n - 1].keys[0], 7);
+        assert!(t.bytes() >= n * 64);
+
+        let names: Vec<String> = (0..400_000).map(|i| format!("h{i}.example")).collect();
+        let refs: Vec<_> = names.iter().map(|n| (n.as_str(), 2, false)).collect();
+        let s = set_of(&refs);
+        #[cfg(target_os = "linux")]
+        assert!(matches!(s.buckets, Table::Huge(_)));
+        let mut out = Vec::new();
+        s.write_to(&mut out);
+        let back = DomainSet::read_from(&mut Reader::new(&out)).unwrap();
+        for n in names.iter().step_by(97) {
+            assert_eq!(
+                s.lookup(&format!("www.{n}")).categories(),
+                CatSet::single(2)
+            );
+            assert_eq!(back.lookup(n).categories(), CatSet::single(2));
+            assert!(back.lookup(&format!("x{n}")).is_empty());
+        }
+    }
+
     /// Reference: a name matches every entry equal to it or to one of its parents.
     fn naive(entries: &[(String, CategoryId)], host: &str) -> CatSet {
         let mut out = CatSet::EMPTY;
@@ -805,7 +1037,8 @@ mod tests {
     }
 
     fn label() -> impl Strategy<Value = String> {
-        prop::sample::select(vec!["a", "b", "ab", "ba", "com", "x-y", "_z", "0"]).prop_map(String::from)
+        prop::sample::select(vec!["a", "b", "ab", "ba", "com", "x-y", "_z", "0"])
+            .prop_map(String::from)
     }
 
     fn name() -> impl Strategy<Value = String> {
@@ -824,6 +1057,18 @@ mod tests {
                 prop_assert_eq!(s.lookup(h).categories(), naive(&entries, h), "host {}", h);
                 let upper = format!("{}.", h.to_ascii_uppercase());
                 prop_assert_eq!(s.lookup(&upper).categories(), naive(&entries, h));
+            }
+        }
+
+        #[test]
+        fn swar_matches_byte_loop(bytes in prop::array::uniform8(0u8..0x80)) {
+            let x = u64::from_le_bytes(bytes);
+            let lower = lower8(x).to_le_bytes();
+            let dots = dots8(x).to_le_bytes();
+            for i in 0..8 {
+                prop_assert_eq!(lower[i], bytes[i].to_ascii_lowercase());
+                prop_assert_eq!(dots[i] == 0x80, bytes[i] == b'.');
+                prop_assert!(dots[i] == 0 || dots[i] == 0x80);
             }
         }
 

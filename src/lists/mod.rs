@@ -123,7 +123,9 @@ pub enum ListError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not a directory (a UT1 source is a category directory with `domains`, `urls`…)")]
+    #[error(
+        "{path}: not a directory (a UT1 source is a category directory with `domains`, `urls`…)"
+    )]
     NotADirectory { path: PathBuf },
     #[error("{path}: category id {category} is out of range (at most {max} categories)", max = CatSet::MAX)]
     CategoryOutOfRange { path: PathBuf, category: CategoryId },
@@ -226,7 +228,10 @@ const UT1_FILES: [(&str, Role); 5] = [
 fn source_files(spec: &SourceSpec) -> Vec<(Role, PathBuf)> {
     let single = |role| vec![(role, spec.path.clone())];
     match spec.format {
-        Format::Ut1 => UT1_FILES.iter().map(|&(name, role)| (role, spec.path.join(name))).collect(),
+        Format::Ut1 => UT1_FILES
+            .iter()
+            .map(|&(name, role)| (role, spec.path.join(name)))
+            .collect(),
         Format::Hosts => single(Role::Domains(DomainSyntax::Hosts)),
         Format::Domains => single(Role::Domains(DomainSyntax::Plain)),
         Format::Adblock => single(Role::Domains(DomainSyntax::Adblock)),
@@ -248,7 +253,10 @@ impl OpenFile {
         let mut data = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0).saturating_add(1));
         match self.file.read_to_end(&mut data) {
             Ok(_) => Ok((self.role, self.path, data)),
-            Err(source) => Err(ListError::Read { path: self.path, source }),
+            Err(source) => Err(ListError::Read {
+                path: self.path,
+                source,
+            }),
         }
     }
 }
@@ -272,7 +280,9 @@ fn open_source(spec: &SourceSpec) -> Result<Result<Vec<OpenFile>, String>, ListE
                 return if spec.optional {
                     Ok(Err(format!("{}: not a directory", spec.path.display())))
                 } else {
-                    Err(ListError::NotADirectory { path: spec.path.clone() })
+                    Err(ListError::NotADirectory {
+                        path: spec.path.clone(),
+                    })
                 };
             }
             Ok(_) => {}
@@ -283,7 +293,9 @@ fn open_source(spec: &SourceSpec) -> Result<Result<Vec<OpenFile>, String>, ListE
         let file = match File::open(&path) {
             Ok(f) => f,
             // Inside a UT1 directory every file is optional; only the directory counts.
-            Err(e) if spec.format == Format::Ut1 && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if spec.format == Format::Ut1 && e.kind() == std::io::ErrorKind::NotFound => {
+                continue;
+            }
             Err(e) => return fail(&path, e),
         };
         let meta = match file.metadata() {
@@ -418,20 +430,29 @@ fn build_domains(
     let mut builder = DomainSetBuilder::new();
     let mut reports = vec![DomainFileReport::default(); specs.len()];
     for ((spec, files), report) in specs.iter().zip(opened.iter_mut()).zip(&mut reports) {
-        let (domain_files, rest): (Vec<_>, Vec<_>) =
-            std::mem::take(files).into_iter().partition(|f| matches!(f.role, Role::Domains(_)));
+        let (domain_files, rest): (Vec<_>, Vec<_>) = std::mem::take(files)
+            .into_iter()
+            .partition(|f| matches!(f.role, Role::Domains(_)));
         *files = rest;
         let plain = builder.tag(tag_of(spec, false));
         let exception = builder.tag(tag_of(spec, true));
         for file in domain_files {
             let (role, path, data) = file.read()?;
-            let Role::Domains(syntax) = role else { continue };
+            let Role::Domains(syntax) = role else {
+                continue;
+            };
             parse::parse_domains(&data, syntax, |line, parsed| match parsed {
                 Ok((name, is_exception)) => {
                     builder.insert(name, if is_exception { exception } else { plain });
                     report.domains += 1;
                 }
-                Err(reason) => note_bad(&mut report.bad_lines, &mut report.first_bad, &path, line, reason),
+                Err(reason) => note_bad(
+                    &mut report.bad_lines,
+                    &mut report.first_bad,
+                    &path,
+                    line,
+                    reason,
+                ),
             });
         }
     }
@@ -486,17 +507,22 @@ pub fn locate_entry(spec: &SourceSpec, entry: &str) -> Option<(PathBuf, usize)> 
     let domain = normalize_host(entry).ok();
     let url = {
         let mut buf = Vec::new();
-        url::normalize_entry(entry.trim().as_bytes(), &mut buf).ok().map(|()| buf)
+        url::normalize_entry(entry.trim().as_bytes(), &mut buf)
+            .ok()
+            .map(|()| buf)
     };
     let net = parse::parse_net(entry.trim().as_bytes());
     for (role, path) in source_files(spec) {
-        let Ok(data) = std::fs::read(&path) else { continue };
+        let Ok(data) = std::fs::read(&path) else {
+            continue;
+        };
         let mut found = None;
         match role {
             Role::Domains(syntax) => {
                 let Some(want) = &domain else { continue };
                 parse::parse_domains(&data, syntax, |line, parsed| {
-                    if found.is_none() && matches!(parsed, Ok((name, _)) if name == want.as_bytes()) {
+                    if found.is_none() && matches!(parsed, Ok((name, _)) if name == want.as_bytes())
+                    {
                         found = Some(line);
                     }
                 });
@@ -517,7 +543,9 @@ pub fn locate_entry(spec: &SourceSpec, entry: &str) -> Option<(PathBuf, usize)> 
             Role::Cidr => {
                 let Some(want) = net else { continue };
                 parse::parse_cidrs(&data, |line, parsed| {
-                    if found.is_none() && matches!(parsed, Ok(n) if want.contains(&n) || n.contains(&want)) {
+                    if found.is_none()
+                        && matches!(parsed, Ok(n) if want.contains(&n) || n.contains(&want))
+                    {
                         found = Some(line);
                     }
                 });

@@ -102,7 +102,9 @@ pub(crate) fn parse_domains(
                     continue;
                 }
                 let line = strip_trailing_comment(line);
-                let mut fields = line.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty());
+                let mut fields = line
+                    .split(|b| b.is_ascii_whitespace())
+                    .filter(|f| !f.is_empty());
                 let Some(name) = fields.next() else { continue };
                 let extra = fields.count();
                 if extra > 0 {
@@ -111,7 +113,13 @@ pub(crate) fn parse_domains(
                     } else {
                         ""
                     };
-                    emit(no, Err(format!("expected one name per line, found {} fields{hint}", extra + 1)));
+                    emit(
+                        no,
+                        Err(format!(
+                            "expected one name per line, found {} fields{hint}",
+                            extra + 1
+                        )),
+                    );
                     continue;
                 }
                 match normalize_into(name, &mut buf) {
@@ -139,7 +147,9 @@ fn parse_hosts_line(
         Some(p) => line[..p].trim_ascii_end(),
         None => line,
     };
-    let mut fields = line.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty());
+    let mut fields = line
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|f| !f.is_empty());
     let Some(addr) = fields.next() else { return };
     if addr.parse_ip().is_none() {
         emit(
@@ -185,7 +195,10 @@ fn parse_adblock_line(
     }
     const COSMETIC: &[&[u8]] = &[b"##", b"#@#", b"#?#", b"#$#", b"#%#", b"#@$#", b"#@?#"];
     if COSMETIC.iter().any(|m| contains(line, m)) {
-        emit(no, Err("cosmetic rule (only ||domain^ rules are used)".into()));
+        emit(
+            no,
+            Err("cosmetic rule (only ||domain^ rules are used)".into()),
+        );
         return;
     }
     if line[0] == b'#' {
@@ -218,15 +231,30 @@ fn parse_adblock_line(
     match tail {
         b"" | b"^" | b"^|" => {}
         _ if tail.contains(&b'/') || tail.contains(&b'?') => {
-            emit(no, Err(format!("path rule {} (only whole-domain rules are used)", quoted(line))));
+            emit(
+                no,
+                Err(format!(
+                    "path rule {} (only whole-domain rules are used)",
+                    quoted(line)
+                )),
+            );
             return;
         }
         _ if tail.first() == Some(&b':') => {
-            emit(no, Err(format!("port rule {} (only whole-domain rules are used)", quoted(line))));
+            emit(
+                no,
+                Err(format!(
+                    "port rule {} (only whole-domain rules are used)",
+                    quoted(line)
+                )),
+            );
             return;
         }
         _ => {
-            emit(no, Err(format!("not a whole-domain rule: {}", quoted(line))));
+            emit(
+                no,
+                Err(format!("not a whole-domain rule: {}", quoted(line))),
+            );
             return;
         }
     }
@@ -236,10 +264,15 @@ fn parse_adblock_line(
             return;
         };
         for opt in options.split(',').map(str::trim) {
-            if !HARMLESS_MODIFIERS.iter().any(|h| h.eq_ignore_ascii_case(opt)) {
+            if !HARMLESS_MODIFIERS
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(opt))
+            {
                 emit(
                     no,
-                    Err(format!("unsupported modifier \"${opt}\" (only whole-domain rules are used)")),
+                    Err(format!(
+                        "unsupported modifier \"${opt}\" (only whole-domain rules are used)"
+                    )),
                 );
                 return;
             }
@@ -282,14 +315,25 @@ fn emit_cidr_line(no: usize, line: &[u8], emit: &mut impl FnMut(usize, Result<Ip
     if line.is_empty() || line[0] == b'!' {
         return;
     }
-    let mut fields = line.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty());
+    let mut fields = line
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|f| !f.is_empty());
     let Some(token) = fields.next() else { return };
     let extra = fields.count();
     if extra > 0 {
-        emit(no, Err(format!("expected one address or network per line, found {} fields", extra + 1)));
+        emit(
+            no,
+            Err(format!(
+                "expected one address or network per line, found {} fields",
+                extra + 1
+            )),
+        );
         return;
     }
-    emit(no, parse_net(token).ok_or_else(|| format!("invalid address or network {}", quoted(token))));
+    emit(
+        no,
+        parse_net(token).ok_or_else(|| format!("invalid address or network {}", quoted(token))),
+    );
 }
 
 /// `1.2.3.4`, `1.2.3.0/24`, `2001:db8::/32`, `::1` → network (addresses become /32, /128).
@@ -342,7 +386,9 @@ pub(crate) fn parse_usage(data: &[u8]) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn domains(data: &str, syntax: DomainSyntax) -> (Vec<(usize, String, bool)>, Vec<(usize, String)>) {
+    type Parsed = (Vec<(usize, String, bool)>, Vec<(usize, String)>);
+
+    fn domains(data: &str, syntax: DomainSyntax) -> Parsed {
         let mut ok = Vec::new();
         let mut bad = Vec::new();
         parse_domains(data.as_bytes(), syntax, |no, r| match r {
@@ -359,10 +405,17 @@ mod tests {
     #[test]
     fn lines_strip_bom_crlf_and_blanks() {
         let data = b"\xEF\xBB\xBFa.com\r\n  b.com \r\n\r\nc.com";
-        let got: Vec<_> = lines(data).map(|(n, l)| (n, String::from_utf8(l.to_vec()).unwrap())).collect();
+        let got: Vec<_> = lines(data)
+            .map(|(n, l)| (n, String::from_utf8(l.to_vec()).unwrap()))
+            .collect();
         assert_eq!(
             got,
-            vec![(1, "a.com".into()), (2, "b.com".into()), (3, String::new()), (4, "c.com".into())]
+            vec![
+                (1, "a.com".into()),
+                (2, "b.com".into()),
+                (3, String::new()),
+                (4, "c.com".into())
+            ]
         );
     }
 
@@ -375,7 +428,13 @@ mod tests {
         assert!(bad.is_empty(), "{bad:?}");
         assert_eq!(
             names(&ok),
-            vec!["example.com", "wild.org", "dot.net", "xn--bcher-kva.de", "x.com"]
+            vec![
+                "example.com",
+                "wild.org",
+                "dot.net",
+                "xn--bcher-kva.de",
+                "x.com"
+            ]
         );
         assert_eq!(ok[0].0, 3);
     }
@@ -388,7 +447,13 @@ mod tests {
         );
         assert_eq!(names(&ok), vec!["good.com"]);
         assert_eq!(bad.len(), 4);
-        assert_eq!(bad[0], (2, "invalid character '%' in name \"ex%ample.com\"".to_string()));
+        assert_eq!(
+            bad[0],
+            (
+                2,
+                "invalid character '%' in name \"ex%ample.com\"".to_string()
+            )
+        );
         assert_eq!(bad[1], (3, "empty label in name \"a..b.com\"".to_string()));
         assert!(bad[2].1.contains("hosts file"), "{}", bad[2].1);
         assert!(bad[3].1.contains("'*'"), "{}", bad[3].1);
@@ -402,7 +467,10 @@ mod tests {
              127.0.0.1 f.com bad%.com g.com\n",
             DomainSyntax::Hosts,
         );
-        assert_eq!(names(&ok), vec!["a.com", "b.com", "c.com", "d.com", "f.com", "g.com"]);
+        assert_eq!(
+            names(&ok),
+            vec!["a.com", "b.com", "c.com", "d.com", "f.com", "g.com"]
+        );
         assert_eq!(bad.len(), 3, "{bad:?}");
         assert_eq!(bad[0].0, 7);
         assert!(bad[0].1.starts_with("expected an address"), "{}", bad[0].1);
@@ -420,7 +488,9 @@ mod tests {
             DomainSyntax::Adblock,
         );
         assert_eq!(
-            ok.iter().map(|(_, n, e)| (n.as_str(), *e)).collect::<Vec<_>>(),
+            ok.iter()
+                .map(|(_, n, e)| (n.as_str(), *e))
+                .collect::<Vec<_>>(),
             vec![
                 ("ads.example.com", false),
                 ("track.net", false),
@@ -465,14 +535,20 @@ mod tests {
             vec![
                 (6, "invalid address or network \"nope\"".into()),
                 (7, "invalid address or network \"1.2.3.4/33\"".into()),
-                (8, "expected one address or network per line, found 2 fields".into()),
+                (
+                    8,
+                    "expected one address or network per line, found 2 fields".into()
+                ),
             ]
         );
     }
 
     #[test]
     fn usage_lines() {
-        assert_eq!(parse_usage(b"#\tnote\nblack\nadult\n"), vec!["black", "adult"]);
+        assert_eq!(
+            parse_usage(b"#\tnote\nblack\nadult\n"),
+            vec!["black", "adult"]
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! This module owns matching only; reading files is `parse`'s job and deciding what
 //! a match means is policy's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use arrayvec::ArrayVec;
@@ -120,8 +120,14 @@ type IdBuild = BuildHasherDefault<IdentityHasher>;
 /// The compiled URL entries and expressions.
 #[derive(Debug, Default)]
 pub struct UrlSet {
-    /// xxh3 of every entry's host: most URLs stop after this one probe.
-    hosts: HashSet<u64, IdBuild>,
+    /// xxh3 of every entry's host → its index in `path_len_offsets`: most URLs stop
+    /// after this one probe.
+    hosts: HashMap<u64, u32, IdBuild>,
+    /// Host `h` has entries whose paths are `path_lens[path_len_offsets[h]..
+    /// path_len_offsets[h + 1]]` bytes long (sorted, distinct): only URL prefixes of
+    /// those lengths are hashed, not one per boundary of a long phishing URL.
+    path_len_offsets: Vec<u32>,
+    path_lens: Vec<u16>,
     /// xxh3 of an entry's text → first entry with that hash; `next` chains the
     /// (astronomically rare) others, and the text is compared, so matching is exact.
     index: HashMap<u64, u32, IdBuild>,
@@ -173,24 +179,31 @@ impl UrlSet {
     }
 
     fn match_normalized(&self, norm: &[u8], host_len: usize, m: &mut UrlMatch) {
-        if self.hosts.contains(&xxh3_64(&norm[..host_len])) {
+        if let Some(&h) = self.hosts.get(&xxh3_64(&norm[..host_len])) {
             let path = &norm[host_len..];
-            let mut last = usize::MAX;
-            let mut check = |end: usize, m: &mut UrlMatch| {
-                if end != last {
-                    last = end;
-                    self.match_entry(&norm[..host_len + end], m);
-                }
+            let h = h as usize;
+            let lens = match (
+                self.path_len_offsets.get(h),
+                self.path_len_offsets.get(h + 1),
+            ) {
+                (Some(&a), Some(&b)) => self.path_lens.get(a as usize..b as usize).unwrap_or(&[]),
+                _ => &[],
             };
-            check(0, m);
-            for (i, &b) in path.iter().enumerate() {
-                if matches!(b, b'/' | b'?' | b'&' | b'=' | b'#' | b';') {
-                    // The entry may stop before the boundary or include it.
-                    check(i, m);
-                    check(i + 1, m);
+            for &len in lens {
+                let len = usize::from(len);
+                if len > path.len() {
+                    break;
+                }
+                // The entry must end at a boundary of the URL's path: before a
+                // separator, after one, or at the end.
+                let at_boundary = len == 0
+                    || len == path.len()
+                    || path.get(len).is_some_and(|&c| is_boundary(c))
+                    || path.get(len - 1).is_some_and(|&c| is_boundary(c));
+                if at_boundary {
+                    self.match_entry(&norm[..host_len + len], m);
                 }
             }
-            check(path.len(), m);
         }
         if let Some(set) = &self.regex {
             // `is_match` first: `matches` allocates its result, and most URLs match
@@ -213,7 +226,8 @@ impl UrlSet {
         while e != NO_NEXT {
             if self.entry(e).as_bytes() == key {
                 let i = e as usize;
-                if let (Some(&a), Some(&b)) = (self.tag_offsets.get(i), self.tag_offsets.get(i + 1)) {
+                if let (Some(&a), Some(&b)) = (self.tag_offsets.get(i), self.tag_offsets.get(i + 1))
+                {
                     for &tag in self.entry_tags.get(a as usize..b as usize).unwrap_or(&[]) {
                         m.push(tag, UrlHitKind::Prefix(e));
                     }
@@ -235,7 +249,11 @@ impl UrlSet {
     pub fn entry_text(&self, kind: UrlHitKind) -> &str {
         match kind {
             UrlHitKind::Prefix(i) => self.entry(i),
-            UrlHitKind::Expression(i) => self.patterns.get(i as usize).map(String::as_str).unwrap_or(""),
+            UrlHitKind::Expression(i) => self
+                .patterns
+                .get(i as usize)
+                .map(String::as_str)
+                .unwrap_or(""),
         }
     }
 
@@ -251,14 +269,20 @@ impl UrlSet {
     /// Approximate heap bytes. The compiled regular expressions are not measurable
     /// from outside the regex crate; their source length stands in for them.
     pub fn memory_bytes(&self) -> usize {
-        self.hosts.capacity() * 9
+        self.hosts.capacity() * 13
+            + self.path_len_offsets.capacity() * 4
+            + self.path_lens.capacity() * 2
             + self.index.capacity() * 13
             + self.next.capacity() * 4
             + self.text.capacity()
             + self.text_offsets.capacity() * 4
             + self.tag_offsets.capacity() * 4
             + self.entry_tags.capacity() * std::mem::size_of::<Tag>()
-            + self.patterns.iter().map(|p| p.capacity() * 4).sum::<usize>()
+            + self
+                .patterns
+                .iter()
+                .map(|p| p.capacity() * 4)
+                .sum::<usize>()
             + self.pattern_tags.capacity() * std::mem::size_of::<Tag>()
     }
 }
@@ -267,15 +291,15 @@ impl UrlSet {
 /// query; `None` when there is no host at all.
 fn split_url(url: &[u8]) -> Option<(&[u8], &[u8])> {
     let mut s = url.trim_ascii();
-    let scheme_end = find(s, b"://").filter(|&p| {
-        p > 0 && s[..p].iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-    });
-    if let Some(p) = scheme_end {
+    if let Some(p) = scheme_len(s) {
         s = &s[p + 3..];
     } else if let Some(rest) = s.strip_prefix(b"//") {
         s = rest;
     }
-    let end = s.iter().position(|&b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(s.len());
+    let end = s
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(s.len());
     let (authority, path) = s.split_at(end);
     let authority = match authority.iter().rposition(|&b| b == b'@') {
         Some(p) => &authority[p + 1..],
@@ -297,8 +321,18 @@ fn split_url(url: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((host, path))
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Where a `urls` entry may end in a URL path (see the module doc).
+fn is_boundary(c: u8) -> bool {
+    matches!(c, b'/' | b'?' | b'&' | b'=' | b'#' | b';')
+}
+
+/// Length of a leading `scheme:` followed by `//`, scanning only scheme characters.
+fn scheme_len(s: &[u8]) -> Option<usize> {
+    let n = s
+        .iter()
+        .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        .count();
+    (n > 0 && s[n..].starts_with(b"://")).then_some(n)
 }
 
 /// `www.`, `www2.`… in front of a name that still has a dot after it.
@@ -384,10 +418,10 @@ impl UrlSetBuilder {
                 i
             }
         };
-        if let Some(tags) = self.tags.get_mut(i) {
-            if !tags.contains(&tag) {
-                tags.push(tag);
-            }
+        if let Some(tags) = self.tags.get_mut(i)
+            && !tags.contains(&tag)
+        {
+            tags.push(tag);
         }
     }
 
@@ -405,6 +439,7 @@ impl UrlSetBuilder {
 
     pub(crate) fn build(self) -> Result<UrlSet, ListError> {
         let mut set = UrlSet::default();
+        let mut by_host: HashMap<u64, Vec<u16>> = HashMap::new();
         let n = self.texts.len();
         set.text_offsets.reserve_exact(n + 1);
         set.text_offsets.push(0);
@@ -417,11 +452,28 @@ impl UrlSetBuilder {
             set.entry_tags.extend_from_slice(tags);
             set.tag_offsets.push(set.entry_tags.len() as u32);
             let host_end = text.iter().position(|&b| b == b'/').unwrap_or(text.len());
-            set.hosts.insert(xxh3_64(&text[..host_end]));
+            let path_len = u16::try_from(text.len() - host_end).unwrap_or(u16::MAX);
+            by_host
+                .entry(xxh3_64(&text[..host_end]))
+                .or_default()
+                .push(path_len);
             let h = xxh3_64(text);
             if let Some(prev) = set.index.insert(h, i as u32) {
                 set.next[i] = prev;
             }
+        }
+        // Keyed by the host's hash: two hosts sharing one (astronomically rare)
+        // simply share a merged length list; entries are still compared as text.
+        set.path_len_offsets.push(0);
+        let mut by_host: Vec<(u64, Vec<u16>)> = by_host.into_iter().collect();
+        by_host.sort_unstable();
+        for (hash, mut lens) in by_host {
+            lens.sort_unstable();
+            lens.dedup();
+            set.hosts
+                .insert(hash, (set.path_len_offsets.len() - 1) as u32);
+            set.path_lens.extend_from_slice(&lens);
+            set.path_len_offsets.push(set.path_lens.len() as u32);
         }
         if !self.patterns.is_empty() {
             let regex = RegexSetBuilder::new(self.patterns.iter().map(|(p, _)| p))
@@ -503,18 +555,36 @@ mod tests {
             normalize_entry(raw.as_bytes(), &mut out).unwrap();
             assert_eq!(String::from_utf8_lossy(&out), want, "{raw}");
         }
-        assert!(normalize_entry(b"/path-only", &mut out).unwrap_err().contains("without a host"));
-        assert!(normalize_entry(b"ex%.com/a", &mut out).unwrap_err().contains("'%'"));
-        assert!(normalize_entry(b"\xffab.com/x", &mut out).unwrap_err().contains("UTF-8"));
+        assert!(
+            normalize_entry(b"/path-only", &mut out)
+                .unwrap_err()
+                .contains("without a host")
+        );
+        assert!(
+            normalize_entry(b"ex%.com/a", &mut out)
+                .unwrap_err()
+                .contains("'%'")
+        );
+        assert!(
+            normalize_entry(b"\xffab.com/x", &mut out)
+                .unwrap_err()
+                .contains("UTF-8")
+        );
     }
 
     #[test]
     fn prefix_at_segment_boundary() {
-        let s = set(&[("ex.com/foo", 1), ("ex.com/dir/", 2), ("ex.com/s?q=", 3)], &[]);
+        let s = set(
+            &[("ex.com/foo", 1), ("ex.com/dir/", 2), ("ex.com/s?q=", 3)],
+            &[],
+        );
         assert_eq!(cats(&s, "http://ex.com/foo"), CatSet::single(1));
         assert_eq!(cats(&s, "http://ex.com/foo/bar"), CatSet::single(1));
         assert_eq!(cats(&s, "http://ex.com/foo?x=1"), CatSet::single(1));
-        assert_eq!(cats(&s, "https://user:pw@WWW.EX.COM:8443/FOO"), CatSet::single(1));
+        assert_eq!(
+            cats(&s, "https://user:pw@WWW.EX.COM:8443/FOO"),
+            CatSet::single(1)
+        );
         assert_eq!(cats(&s, "http://www3.ex.com./foo"), CatSet::single(1));
         assert!(cats(&s, "http://ex.com/foobar").is_empty());
         assert!(cats(&s, "http://ex.com/").is_empty());
@@ -540,7 +610,10 @@ mod tests {
 
     #[test]
     fn same_entry_in_several_categories() {
-        let s = set(&[("ex.com/a", 1), ("ex.com/a", 2), ("www.ex.com/a", 2)], &[]);
+        let s = set(
+            &[("ex.com/a", 1), ("ex.com/a", 2), ("www.ex.com/a", 2)],
+            &[],
+        );
         assert_eq!(s.len(), 1);
         assert_eq!(cats(&s, "http://ex.com/a"), CatSet(0b110));
     }
@@ -554,12 +627,21 @@ mod tests {
                 ("(/banner/|/sponsor/|/Advertisement/)", 2),
             ],
         );
-        assert_eq!(cats(&s, "http://10.1.2.3:80/search?q=42"), CatSet::single(1));
+        assert_eq!(
+            cats(&s, "http://10.1.2.3:80/search?q=42"),
+            CatSet::single(1)
+        );
         assert!(cats(&s, "http://10.1.2.3/search?q=42x").is_empty());
-        assert_eq!(cats(&s, "http://ex.com/ADVERTISEMENT/x.gif"), CatSet::single(2));
+        assert_eq!(
+            cats(&s, "http://ex.com/ADVERTISEMENT/x.gif"),
+            CatSet::single(2)
+        );
         let m = s.lookup("http://ex.com/sponsor/");
         assert_eq!(m.hits[0].kind, UrlHitKind::Expression(1));
-        assert_eq!(s.entry_text(m.hits[0].kind), "(/banner/|/sponsor/|/Advertisement/)");
+        assert_eq!(
+            s.entry_text(m.hits[0].kind),
+            "(/banner/|/sponsor/|/Advertisement/)"
+        );
     }
 
     #[test]
@@ -568,8 +650,16 @@ mod tests {
         let e = b.add_expression("(unclosed", tag(1)).unwrap_err();
         assert!(e.starts_with("invalid regular expression: "), "{e}");
         assert!(!e.contains('\n'));
-        let huge = format!("({})", (0..20000).map(|i| format!("w{i}x")).collect::<Vec<_>>().join("|"));
-        let e = b.add_expression(&format!("{huge}{{5}}"), tag(1)).unwrap_err();
+        let huge = format!(
+            "({})",
+            (0..20000)
+                .map(|i| format!("w{i}x"))
+                .collect::<Vec<_>>()
+                .join("|")
+        );
+        let e = b
+            .add_expression(&format!("{huge}{{5}}"), tag(1))
+            .unwrap_err();
         assert!(e.contains("too big"), "{e}");
     }
 

@@ -22,11 +22,17 @@ pub const UPSTREAM_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 pub const UPSTREAM_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
 /// Safe-search hosts and the addresses the test upstream gives them.
 pub const SAFE_HOSTS: &[(&str, Ipv4Addr)] = &[
-    ("forcesafesearch.google.com.", Ipv4Addr::new(216, 239, 38, 120)),
+    (
+        "forcesafesearch.google.com.",
+        Ipv4Addr::new(216, 239, 38, 120),
+    ),
     ("strict.bing.com.", Ipv4Addr::new(204, 79, 197, 220)),
     ("safe.duckduckgo.com.", Ipv4Addr::new(52, 142, 124, 215)),
     ("restrict.youtube.com.", Ipv4Addr::new(216, 239, 38, 119)),
-    ("restrictmoderate.youtube.com.", Ipv4Addr::new(216, 239, 38, 120)),
+    (
+        "restrictmoderate.youtube.com.",
+        Ipv4Addr::new(216, 239, 38, 120),
+    ),
 ];
 
 /// A gambling domain of the shipped UT1 list (its first entry).
@@ -57,7 +63,8 @@ impl Upstream {
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind upstream udp");
         let addr = udp.local_addr().unwrap();
         let tcp = TcpListener::bind(addr).expect("bind upstream tcp");
-        udp.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         tcp.set_nonblocking(true).unwrap();
         let queries = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -67,7 +74,9 @@ impl Upstream {
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 while !s.load(Ordering::Relaxed) {
-                    let Ok((n, peer)) = udp.recv_from(&mut buf) else { continue };
+                    let Ok((n, peer)) = udp.recv_from(&mut buf) else {
+                        continue;
+                    };
                     q.fetch_add(1, Ordering::Relaxed);
                     if let Some(reply) = answer(&buf[..n], &t, true) {
                         let _ = udp.send_to(&reply, peer);
@@ -97,7 +106,9 @@ impl Upstream {
                                 return;
                             }
                             q.fetch_add(1, Ordering::Relaxed);
-                            let Some(reply) = answer(&msg, &t, false) else { return };
+                            let Some(reply) = answer(&msg, &t, false) else {
+                                return;
+                            };
                             let mut out = (reply.len() as u16).to_be_bytes().to_vec();
                             out.extend_from_slice(&reply);
                             if stream.write_all(&out).is_err() {
@@ -108,7 +119,11 @@ impl Upstream {
                 }
             });
         }
-        Upstream { addr, queries, stop }
+        Upstream {
+            addr,
+            queries,
+            stop,
+        }
     }
 
     pub fn count(&self) -> usize {
@@ -123,7 +138,15 @@ impl Drop for Upstream {
 }
 
 fn soa(zone: &Name) -> Record {
-    let soa = SOA::new(Name::from_ascii("ns.test.").unwrap(), Name::from_ascii("hostmaster.test.").unwrap(), 1, 3600, 600, 86400, 30);
+    let soa = SOA::new(
+        Name::from_ascii("ns.test.").unwrap(),
+        Name::from_ascii("hostmaster.test.").unwrap(),
+        1,
+        3600,
+        600,
+        86400,
+        30,
+    );
     Record::from_rdata(zone.clone(), 60, RData::SOA(soa))
 }
 
@@ -155,22 +178,45 @@ fn answer(packet: &[u8], cloak_target: &Name, udp: bool) -> Option<Vec<u8>> {
     } else if lower == "big.test." && qt == RecordType::TXT {
         for i in 0..30 {
             let text = format!("{i:02}-{}", "x".repeat(95));
-            resp.add_answer(Record::from_rdata(name.clone(), 300, RData::TXT(TXT::new(vec![text]))));
+            resp.add_answer(Record::from_rdata(
+                name.clone(),
+                300,
+                RData::TXT(TXT::new(vec![text])),
+            ));
         }
     } else if lower == "cloaked.test." {
-        resp.add_answer(Record::from_rdata(name, 300, RData::CNAME(CNAME(cloak_target.clone()))));
+        resp.add_answer(Record::from_rdata(
+            name,
+            300,
+            RData::CNAME(CNAME(cloak_target.clone())),
+        ));
         if qt == RecordType::A {
-            resp.add_answer(Record::from_rdata(cloak_target.clone(), 300, RData::A(A(UPSTREAM_V4))));
+            resp.add_answer(Record::from_rdata(
+                cloak_target.clone(),
+                300,
+                RData::A(A(UPSTREAM_V4)),
+            ));
         }
     } else if qt == RecordType::A {
         resp.add_answer(Record::from_rdata(name, 300, RData::A(A(UPSTREAM_V4))));
     } else if qt == RecordType::AAAA {
-        resp.add_answer(Record::from_rdata(name, 300, RData::AAAA(AAAA(UPSTREAM_V6))));
+        resp.add_answer(Record::from_rdata(
+            name,
+            300,
+            RData::AAAA(AAAA(UPSTREAM_V6)),
+        ));
     } else {
         resp.add_authority(soa(&name));
     }
     let bytes = resp.to_vec().ok()?;
-    let limit = if udp { req.edns.as_ref().map(|e| e.max_payload() as usize).unwrap_or(512) } else { 65535 };
+    let limit = if udp {
+        req.edns
+            .as_ref()
+            .map(|e| e.max_payload() as usize)
+            .unwrap_or(512)
+    } else {
+        65535
+    };
     if bytes.len() > limit {
         return resp.truncate().to_vec().ok();
     }
@@ -182,6 +228,10 @@ pub struct Vigie {
     child: Option<Child>,
     pub dns: SocketAddr,
     pub admin: SocketAddr,
+    /// The explicit proxy (always started on a free port).
+    pub proxy: SocketAddr,
+    /// Further `name addr` pairs of the ready line (`transparent_http`, …).
+    pub extra: Vec<(String, SocketAddr)>,
     pub log: PathBuf,
 }
 
@@ -189,13 +239,50 @@ impl Vigie {
     /// Starts the binary with `config`, upstream `upstream`, data in `data_dir`, and
     /// waits (at most 60 s) for its "ready" line.
     pub fn start(config: &Path, upstreams: &[SocketAddr], data_dir: &Path) -> Vigie {
+        Vigie::start_with(config, upstreams, data_dir, &[])
+    }
+
+    /// Like [`Vigie::start`], with extra `vigie run` arguments.
+    pub fn start_with(
+        config: &Path,
+        upstreams: &[SocketAddr],
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> Vigie {
+        Vigie::start_wrapped(&[], config, upstreams, data_dir, extra_args)
+    }
+
+    /// Like [`Vigie::start_with`], run through `wrapper` (e.g. `ip netns exec NS`,
+    /// which execs in place, so the PID stays vigie's).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        config: &Path,
+        upstreams: &[SocketAddr],
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> Vigie {
         let log = data_dir.join("vigie.log");
         let stderr = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigie"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_vigie"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_vigie")),
+        };
         cmd.arg("--config")
             .arg(config)
             .arg("run")
-            .args(["--dns-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args([
+                "--dns-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--proxy-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra_args)
             .arg("--data-dir")
             .arg(data_dir)
             .env("VIGIE_LOG", "info,vigie=debug")
@@ -220,14 +307,21 @@ impl Vigie {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) if line.starts_with("vigie ready:") => {
-                    // "vigie ready: dns 127.0.0.1:PORT admin 127.0.0.1:PORT"
+                    // "vigie ready: dns 127.0.0.1:PORT admin 127.0.0.1:PORT proxy 127.0.0.1:PORT [name addr]…"
                     let words: Vec<&str> = line.split_whitespace().collect();
                     let dns = words[3].parse().expect("dns addr");
                     let admin = words[5].parse().expect("admin addr");
+                    let proxy = words[7].parse().expect("proxy addr");
+                    let extra = words[8..]
+                        .chunks(2)
+                        .filter_map(|w| Some((w[0].to_string(), w.get(1)?.parse().ok()?)))
+                        .collect();
                     return Vigie {
                         child: Some(child),
                         dns,
                         admin,
+                        proxy,
+                        extra,
                         log,
                     };
                 }
@@ -235,7 +329,10 @@ impl Vigie {
                 Err(_) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!("vigie did not become ready; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+                    panic!(
+                        "vigie did not become ready; log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
                 }
             }
         }
@@ -246,7 +343,11 @@ impl Vigie {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
         assert!(status.success());
     }
 
@@ -275,17 +376,26 @@ impl Vigie {
     pub fn http_get(&self, path: &str) -> String {
         let mut s = TcpStream::connect(self.admin).expect("connect admin");
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).expect("read admin");
-        out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(out)
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or(out)
     }
 
     /// The value of one metric line (`name{labels}`) in `/metrics`, 0 if absent.
     pub fn metric(&self, series: &str) -> f64 {
         let text = self.http_get("/metrics");
         text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse::<f64>().ok())
+            })
             .unwrap_or(0.0)
     }
 }
@@ -293,7 +403,10 @@ impl Vigie {
 impl Drop for Vigie {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -329,7 +442,12 @@ pub fn exchange_udp(server: SocketAddr, msg: &Message, timeout: Duration) -> Opt
 
 /// Like [`exchange_udp`], from a chosen loopback address (127.0.0.0/8 is all local on
 /// Linux): the tests' way of being a client of another network.
-pub fn exchange_udp_from(src: Ipv4Addr, server: SocketAddr, msg: &Message, timeout: Duration) -> Option<Message> {
+pub fn exchange_udp_from(
+    src: Ipv4Addr,
+    server: SocketAddr,
+    msg: &Message,
+    timeout: Duration,
+) -> Option<Message> {
     let sock = UdpSocket::bind((src, 0)).ok()?;
     sock.set_read_timeout(Some(timeout)).ok()?;
     sock.send_to(&msg.to_vec().ok()?, server).ok()?;
@@ -362,15 +480,31 @@ pub fn exchange_tcp(server: SocketAddr, msg: &Message, timeout: Duration) -> Opt
 }
 
 pub fn udp_from(src: Ipv4Addr, server: SocketAddr, name: &str, qtype: RecordType) -> Message {
-    exchange_udp_from(src, server, &query_message(name, qtype, true), Duration::from_secs(5)).unwrap_or_else(|| panic!("no UDP answer for {name} {qtype} from {src}"))
+    exchange_udp_from(
+        src,
+        server,
+        &query_message(name, qtype, true),
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|| panic!("no UDP answer for {name} {qtype} from {src}"))
 }
 
 pub fn udp(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
-    exchange_udp(server, &query_message(name, qtype, true), Duration::from_secs(5)).unwrap_or_else(|| panic!("no UDP answer for {name} {qtype}"))
+    exchange_udp(
+        server,
+        &query_message(name, qtype, true),
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|| panic!("no UDP answer for {name} {qtype}"))
 }
 
 pub fn tcp(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
-    exchange_tcp(server, &query_message(name, qtype, true), Duration::from_secs(5)).unwrap_or_else(|| panic!("no TCP answer for {name} {qtype}"))
+    exchange_tcp(
+        server,
+        &query_message(name, qtype, true),
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|| panic!("no TCP answer for {name} {qtype}"))
 }
 
 pub fn a_records(m: &Message) -> Vec<Ipv4Addr> {
@@ -443,7 +577,7 @@ client_networks = [{nets}]
 lists_dir = "{lists}"
 
 [dns]
-rate_limit_qps = 0
+{rate}
 block_page_ipv4 = "198.51.100.7"
 block_page_ipv6 = "2001:db8::7"
 {extra}
@@ -491,6 +625,11 @@ cidr = "127.0.0.3/32"
 profile = "null"
 "#,
         nets = nets.join(", "),
+        rate = if extra.contains("rate_limit_qps") {
+            ""
+        } else {
+            "rate_limit_qps = 0"
+        },
         lists = lists.display(),
     );
     let path = dir.join("vigie.toml");

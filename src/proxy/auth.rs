@@ -1,0 +1,403 @@
+//! Proxy authentication: Basic credentials (`Proxy-Authorization`) checked against
+//! the users file, one `name:argon2-hash` per line, written by `vigie users`.
+//!
+//! argon2 is deliberately slow (tens of milliseconds), so a verified credential is
+//! remembered (keyed by a hash of name and password, never the password itself) and
+//! verification runs on the blocking pool, not on a proxy worker. The file is
+//! re-read when it changes. This module says who someone is; it does not decide what
+//! they may do.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use base64::Engine as _;
+use password_hash::rand_core::OsRng;
+
+/// How long a verified credential is trusted without re-running argon2.
+const VERIFIED_TTL: Duration = Duration::from_secs(600);
+/// How often the users file's modification time is looked at.
+const RECHECK_EVERY: Duration = Duration::from_secs(2);
+/// Failed attempts one client address may make per [`FAILURE_WINDOW`] before its
+/// credentials are refused without being checked: guessing passwords, or burning
+/// the gateway's CPU on argon2, stops there.
+const MAX_FAILURES: u32 = 20;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("cannot read users file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {why}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
+    #[error("cannot write users file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid user name \"{0}\": use letters, digits, '.', '_', '-' or '@' (at most 64)")]
+    BadName(String),
+    #[error("user \"{0}\" already exists (use `vigie users passwd`)")]
+    Exists(String),
+    #[error("no user \"{0}\"")]
+    NoSuchUser(String),
+    #[error("the password must not be empty")]
+    EmptyPassword,
+    #[error("cannot hash the password: {0}")]
+    Hash(String),
+}
+
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+}
+
+/// An argon2id PHC string for `password`, with a fresh random salt.
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    if password.is_empty() {
+        return Err(AuthError::EmptyPassword);
+    }
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+/// The users of a file, in file order. A missing file is an empty one.
+pub fn read_users(path: &Path) -> Result<Vec<(String, String)>, AuthError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(AuthError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |why: &str| AuthError::Parse {
+            path: path.to_path_buf(),
+            line: i + 1,
+            why: why.to_string(),
+        };
+        let (name, hash) = line
+            .split_once(':')
+            .ok_or_else(|| bad("expected name:hash"))?;
+        if !valid_user_name(name) {
+            return Err(bad("invalid user name"));
+        }
+        PasswordHash::new(hash)
+            .map_err(|_| bad("not an argon2 hash (write users with `vigie users add`)"))?;
+        out.push((name.to_string(), hash.to_string()));
+    }
+    Ok(out)
+}
+
+/// Replaces the file atomically (write beside, then rename), readable by its owner only.
+pub fn write_users(path: &Path, users: &[(String, String)]) -> Result<(), AuthError> {
+    let werr = |source| AuthError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(werr)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&tmp).map_err(werr)?;
+    writeln!(
+        f,
+        "# vigie proxy users: name:argon2id hash. Edit with `vigie users add|passwd|del`."
+    )
+    .map_err(werr)?;
+    for (name, hash) in users {
+        writeln!(f, "{name}:{hash}").map_err(werr)?;
+    }
+    f.sync_all().map_err(werr)?;
+    std::fs::rename(&tmp, path).map_err(werr)
+}
+
+/// Adds (`create`), changes (`!create`) a user's password.
+pub fn set_password(
+    path: &Path,
+    name: &str,
+    password: &str,
+    create: bool,
+) -> Result<(), AuthError> {
+    if !valid_user_name(name) {
+        return Err(AuthError::BadName(name.to_string()));
+    }
+    let mut users = read_users(path)?;
+    let hash = hash_password(password)?;
+    match (users.iter_mut().find(|(n, _)| n == name), create) {
+        (Some(_), true) => return Err(AuthError::Exists(name.to_string())),
+        (Some(entry), false) => entry.1 = hash,
+        (None, true) => users.push((name.to_string(), hash)),
+        (None, false) => return Err(AuthError::NoSuchUser(name.to_string())),
+    }
+    write_users(path, &users)
+}
+
+pub fn delete_user(path: &Path, name: &str) -> Result<(), AuthError> {
+    let mut users = read_users(path)?;
+    let before = users.len();
+    users.retain(|(n, _)| n != name);
+    if users.len() == before {
+        return Err(AuthError::NoSuchUser(name.to_string()));
+    }
+    write_users(path, &users)
+}
+
+/// The result of checking a `Proxy-Authorization` header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    /// A known user with the right password.
+    Valid(Arc<str>),
+    /// Malformed, unknown user or wrong password.
+    Invalid,
+    /// Too many failures from this client lately: not even checked.
+    Throttled,
+}
+
+/// Checks Basic credentials against the users file, reloading it when it changes.
+pub struct Authenticator {
+    path: Option<PathBuf>,
+    users: ArcSwap<HashMap<String, String>>,
+    seen: Mutex<(Instant, Option<SystemTime>)>,
+    verified: moka::sync::Cache<u128, Arc<str>>,
+    failures: moka::sync::Cache<std::net::IpAddr, u32>,
+}
+
+impl Authenticator {
+    /// `path` None: nobody can authenticate (every credential is invalid).
+    pub fn new(path: Option<PathBuf>) -> Authenticator {
+        let a = Authenticator {
+            path,
+            users: ArcSwap::from_pointee(HashMap::new()),
+            seen: Mutex::new((Instant::now(), None)),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(FAILURE_WINDOW)
+                .build(),
+        };
+        a.reload();
+        a
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.load().len()
+    }
+
+    fn reload(&self) {
+        let Some(path) = &self.path else { return };
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        match read_users(path) {
+            Ok(list) => {
+                self.users.store(Arc::new(list.into_iter().collect()));
+                self.verified.invalidate_all();
+            }
+            // A broken file keeps the previous users: a typo must not lock a school out.
+            Err(e) => tracing::error!("users file not reloaded: {e}"),
+        }
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = (Instant::now(), mtime);
+        }
+    }
+
+    /// Re-reads the file if its modification time changed; looks at most every
+    /// [`RECHECK_EVERY`] unless `now` (an unknown user: maybe just added).
+    fn reload_if_changed(&self, now: bool) {
+        let Some(path) = &self.path else { return };
+        let stale = match self.seen.lock() {
+            Ok(mut seen) if now || seen.0.elapsed() >= RECHECK_EVERY => {
+                seen.0 = Instant::now();
+                let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+                mtime != seen.1
+            }
+            _ => false,
+        };
+        if stale {
+            self.reload();
+        }
+    }
+
+    /// Checks a `Proxy-Authorization` value sent by `client`.
+    pub async fn check(self: &Arc<Self>, client: std::net::IpAddr, header: &[u8]) -> Credentials {
+        let outcome = self.check_inner(client, header).await;
+        if outcome == Credentials::Invalid {
+            let n = self.failures.get(&client).unwrap_or(0);
+            self.failures.insert(client, n.saturating_add(1));
+        }
+        outcome
+    }
+
+    async fn check_inner(self: &Arc<Self>, client: std::net::IpAddr, header: &[u8]) -> Credentials {
+        self.reload_if_changed(false);
+        let Some((user, password)) = parse_basic(header) else {
+            return Credentials::Invalid;
+        };
+        let key =
+            xxhash_rust::xxh3::xxh3_128(&[user.as_bytes(), b"\0", password.as_bytes()].concat());
+        if let Some(name) = self.verified.get(&key) {
+            return Credentials::Valid(name);
+        }
+        if self.failures.get(&client).unwrap_or(0) >= MAX_FAILURES {
+            return Credentials::Throttled;
+        }
+        if !self.users.load().contains_key(&user) {
+            // A stat, not a read: cheap enough to do for every unknown name.
+            self.reload_if_changed(true);
+        }
+        let Some(hash) = self.users.load().get(&user).cloned() else {
+            return Credentials::Invalid;
+        };
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash).is_ok_and(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            let name: Arc<str> = Arc::from(user.as_str());
+            self.verified.insert(key, name.clone());
+            Credentials::Valid(name)
+        } else {
+            Credentials::Invalid
+        }
+    }
+}
+
+/// `Basic base64(user:password)` → (user, password).
+pub fn parse_basic(header: &[u8]) -> Option<(String, String)> {
+    let text = std::str::from_utf8(header).ok()?.trim();
+    let (scheme, b64) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (user, password) = raw.split_once(':')?;
+    if !valid_user_name(user) {
+        return None;
+    }
+    Some((user.to_string(), password.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_header_parses() {
+        let h = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("alice:s3cr:et")
+        );
+        assert_eq!(
+            parse_basic(h.as_bytes()),
+            Some(("alice".into(), "s3cr:et".into()))
+        );
+        assert_eq!(parse_basic(b"Bearer abc"), None);
+        assert_eq!(parse_basic(b"Basic !!!"), None);
+    }
+
+    #[tokio::test]
+    async fn users_file_round_trip_and_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        set_password(&path, "alice", "correct horse", true).unwrap();
+        assert!(matches!(
+            set_password(&path, "alice", "x", true),
+            Err(AuthError::Exists(_))
+        ));
+        set_password(&path, "bob", "pw", true).unwrap();
+        let auth = Arc::new(Authenticator::new(Some(path.clone())));
+        assert_eq!(auth.user_count(), 2);
+        let ip: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        let hdr = |u: &str, p: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        };
+        assert_eq!(
+            auth.check(ip, hdr("alice", "correct horse").as_bytes()).await,
+            Credentials::Valid("alice".into())
+        );
+        // Second time from the cache.
+        assert_eq!(
+            auth.check(ip, hdr("alice", "correct horse").as_bytes()).await,
+            Credentials::Valid("alice".into())
+        );
+        assert_eq!(
+            auth.check(ip, hdr("alice", "wrong").as_bytes()).await,
+            Credentials::Invalid
+        );
+        assert_eq!(
+            auth.check(ip, hdr("mallory", "pw").as_bytes()).await,
+            Credentials::Invalid
+        );
+        // A client that keeps guessing is cut off before argon2 runs; a cached good
+        // credential still works, another client is not affected.
+        for _ in 0..MAX_FAILURES {
+            auth.check(ip, hdr("bob", "guess").as_bytes()).await;
+        }
+        assert_eq!(auth.check(ip, hdr("bob", "pw").as_bytes()).await, Credentials::Throttled);
+        assert_eq!(auth.check(ip, hdr("alice", "correct horse").as_bytes()).await, Credentials::Valid("alice".into()));
+        let other: std::net::IpAddr = "10.0.0.8".parse().unwrap();
+        assert_eq!(auth.check(other, hdr("bob", "pw").as_bytes()).await, Credentials::Valid("bob".into()));
+        delete_user(&path, "bob").unwrap();
+        assert_eq!(read_users(&path).unwrap().len(), 1);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("correct horse"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+    }
+}

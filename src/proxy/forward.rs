@@ -1,0 +1,624 @@
+//! One HTTP request through the proxy: who is asking (client network, Basic auth),
+//! what they ask for (absolute-form URL, or Host header in transparent mode), the
+//! decision, then either a page vigie writes itself or the request forwarded to the
+//! origin through the pooled client — bodies streamed both ways, hop-by-hop headers
+//! removed, `Via` added, WebSocket upgrades spliced.
+//!
+//! CONNECT is handed to `tunnel` once the client is identified.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use chrono::Utc;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_util::task::TaskTracker;
+
+use super::dial::{DialError, uri_host};
+use super::guard::{Forbidden, parse_host_ip};
+use super::log::{Counted, Dir, Kind, RequestLog};
+use super::pages::{self, Blocked};
+use super::server::{Conn, Mode};
+use super::{Body, Proxy};
+use crate::i18n::{Lang, Msg};
+use crate::identity::{Identity, IdentitySource};
+use crate::policy::{self, Reason, Request as PolicyRequest, Verdict};
+use crate::snapshot::{Snapshot, canonical_ip};
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the
+/// proxy's own credentials.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// A response written by vigie, and what to record about it.
+pub struct Page {
+    pub status: StatusCode,
+    pub reason: Msg,
+    pub refused: &'static str,
+}
+
+pub async fn handle(
+    p: Arc<Proxy>,
+    conn: Arc<Conn>,
+    mut req: Request<Incoming>,
+    tracker: TaskTracker,
+) -> Response<Body> {
+    let snap = p.store.load();
+    let lang = Lang::negotiate(
+        req.headers()
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let is_connect = req.method() == Method::CONNECT;
+
+    // The proxy's own pages, asked for in origin form (`GET /proxy.pac`).
+    if conn.mode == Mode::Explicit && !is_connect && req.uri().scheme().is_none() && conn.client {
+        let path = req.uri().path();
+        if path == "/proxy.pac" || path == "/wpad.dat" {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.to_string());
+            return pac_response(&snap, host.as_deref());
+        }
+    }
+
+    let kind = match (is_connect, conn.mode) {
+        (true, _) => Kind::Connect,
+        (false, Mode::TransparentHttp) => Kind::TransparentHttp,
+        _ => Kind::Http,
+    };
+    let client_ip = canonical_ip(conn.peer.ip());
+    let log = RequestLog::new(
+        kind,
+        client_ip,
+        req.method().as_str(),
+        p.audit.clone(),
+        snap.config.proxy.log_allowed,
+    );
+    let what = describe_target(&req, &conn);
+    log.target(&what, "", 0, None);
+
+    let refuse = |page: Page, log: &RequestLog| error_page(page, lang, &what, log);
+
+    if !conn.client {
+        return refuse(
+            Page {
+                status: StatusCode::FORBIDDEN,
+                reason: Msg::NotClient,
+                refused: "client_network",
+            },
+            &log,
+        );
+    }
+
+    let identity = match identify(&p, &snap, &conn, req.headers()).await {
+        Ok(id) => id,
+        Err(failed) => return auth_challenge(&snap, lang, &what, failed, &log),
+    };
+    log.identity(&snap, &identity);
+
+    if is_connect {
+        return super::tunnel::connect(p, snap, req, identity, lang, log, tracker).await;
+    }
+
+    // The target: absolute-form (explicit) or Host + original destination (transparent).
+    let (uri, dial_to) = match target_of(&req, &conn) {
+        Ok(t) => t,
+        Err(page) => return refuse(page, &log),
+    };
+    let Some(host) = uri_host(&uri).map(str::to_string) else {
+        return refuse(bad_request(), &log);
+    };
+    let port = uri.port_u16().unwrap_or(80);
+    let pq = uri
+        .path_and_query()
+        .map(|x| x.as_str())
+        .unwrap_or("/")
+        .to_string();
+    let literal = parse_host_ip(&host).map(canonical_ip);
+    // Policy sees IP hosts in their canonical spelling, whatever the client wrote.
+    let port_text = if port == 80 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    let policy_url = match literal {
+        Some(ip) => format!("http://{}{port_text}{pq}", url_host(ip)),
+        None => format!("http://{}{port_text}{pq}", host.to_ascii_lowercase()),
+    };
+    log.target(&policy_url, &host, port, Some(&pq));
+
+    // SSRF on what the client spelled (names are checked again after resolution).
+    let checked = match (dial_to, literal) {
+        (Some(dst), _) => Some(dst),
+        (None, Some(ip)) => Some(SocketAddr::new(ip, port)),
+        (None, None) => None,
+    };
+    if let Some(addr) = checked
+        && let Err(why) = p.dialer.guard.check(addr)
+    {
+        return refuse(forbidden_page(why), &log);
+    }
+
+    let method = req.method().as_str().to_string();
+    let preq = PolicyRequest::Http {
+        method: &method,
+        url: &policy_url,
+    };
+    let now = Utc::now();
+    let d = policy::decide(&snap, &preq, &identity, now);
+    log.decision(&snap, &d, &preq);
+    // Transparent: the address the client really connects to is checked too (IP
+    // lists: Tor relays, VPN endpoints), so a forged Host cannot launder it.
+    if let (Verdict::Allow | Verdict::SafeSearch { .. }, Some(dst)) = (d.verdict, dial_to) {
+        let ip_req = PolicyRequest::Tls {
+            host: Some(&host),
+            port,
+            ip: Some(dst.ip()),
+        };
+        let d2 = policy::decide(&snap, &ip_req, &identity, now);
+        if d2.verdict == Verdict::Block {
+            log.decision(&snap, &d2, &ip_req);
+            return block_page(&p, &snap, &d2, &identity, lang, &policy_url, &log, false);
+        }
+    }
+    let dial_host = match d.verdict {
+        Verdict::Block => {
+            return block_page(&p, &snap, &d, &identity, lang, &policy_url, &log, false);
+        }
+        Verdict::SafeSearch { target } => Some(target),
+        Verdict::Allow => None,
+    };
+
+    // Build the outgoing request.
+    let upgrade = wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    // RFC 9112 §3.2.2: the absolute-form target wins over a received Host header
+    // (which could otherwise name another site than the one decided on).
+    if conn.mode == Mode::Explicit || !parts.headers.contains_key(header::HOST) {
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or(&host);
+        if let Ok(v) = HeaderValue::from_str(authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    let upgrade_proto = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(proto) = upgrade_proto.filter(|_| upgrade) {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, proto);
+    }
+    // vigie answers `Expect: 100-continue` itself: hyper sends the interim 100 when
+    // the body is first read, which happens only once the request is allowed.
+    parts.headers.remove(header::EXPECT);
+    parts.headers.append(header::VIA, p.via.clone());
+    parts.version = Version::HTTP_11;
+    let authority = match (dial_host, dial_to) {
+        (Some(safe), _) => format!("{safe}:{port}"),
+        (None, Some(dst)) => dst.to_string(),
+        (None, None) => uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_else(|| host.clone()),
+    };
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(pq.as_str())
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => return refuse(bad_request(), &log),
+    };
+    let body = Counted::new(body, log.clone(), Dir::Up).boxed();
+    let out = Request::from_parts(parts, body);
+
+    let first_byte = snap.config.proxy.first_byte_timeout;
+    let idle = snap.config.proxy.idle_timeout;
+    let resp = match tokio::time::timeout(first_byte, p.client.request(out)).await {
+        Err(_) => {
+            return refuse(
+                Page {
+                    status: StatusCode::GATEWAY_TIMEOUT,
+                    reason: Msg::OriginTimeout,
+                    refused: "upstream_timeout",
+                },
+                &log,
+            );
+        }
+        Ok(Err(e)) => return refuse(upstream_error(&e), &log),
+        Ok(Ok(r)) => r,
+    };
+    let mut resp = resp;
+    let status = resp.status();
+    log.status(status.as_u16());
+    crate::metrics::PROXY_RESPONSE_SECONDS
+        .with_label_values(&[kind.as_str()])
+        .observe(log.started().elapsed().as_secs_f64());
+
+    if status == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let origin_upgrade = hyper::upgrade::on(&mut resp);
+        let (mut rp, _) = resp.into_parts();
+        let proto = rp.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut rp.headers);
+        if let Some(proto) = proto {
+            rp.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            rp.headers.insert(header::UPGRADE, proto);
+        }
+        rp.headers.append(header::VIA, p.via.clone());
+        let tunnel_log = log.clone();
+        tracker.spawn(async move {
+            match tokio::try_join!(client_upgrade, origin_upgrade) {
+                Ok((c, o)) => {
+                    super::tunnel::splice(TokioIo::new(c), TokioIo::new(o), &tunnel_log, idle).await
+                }
+                Err(e) => tracing::debug!("upgrade failed: {e}"),
+            }
+        });
+        return Response::from_parts(rp, pages::empty());
+    }
+
+    let (mut rp, body) = resp.into_parts();
+    // vigie speaks HTTP/1.1 to the client whatever the origin spoke.
+    rp.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut rp.headers);
+    rp.headers.append(header::VIA, p.via.clone());
+    Response::from_parts(rp, Counted::new(body, log, Dir::Down).boxed())
+}
+
+/// `host[:port]` or the URL, for records and pages before anything is parsed.
+fn describe_target(req: &Request<Incoming>, conn: &Conn) -> String {
+    if req.method() == Method::CONNECT {
+        return req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+    }
+    match conn.mode {
+        Mode::TransparentHttp => {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            format!(
+                "http://{host}{}",
+                req.uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/")
+            )
+        }
+        _ => req.uri().to_string(),
+    }
+}
+
+/// The absolute URI asked for and, in transparent mode, where to connect.
+fn target_of(req: &Request<Incoming>, conn: &Conn) -> Result<(Uri, Option<SocketAddr>), Page> {
+    match conn.mode {
+        Mode::TransparentHttp => {
+            let dst = conn.original_dst.ok_or_else(bad_request)?;
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .filter(|h| !h.is_empty())
+                .map(str::to_string)
+                .unwrap_or_else(|| url_host(dst.ip()));
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let uri: Uri = format!("http://{host}{pq}")
+                .parse()
+                .map_err(|_| bad_request())?;
+            Ok((uri, Some(dst)))
+        }
+        _ => {
+            let uri = req.uri().clone();
+            match uri.scheme_str() {
+                Some("http") if uri.authority().is_some() => Ok((uri, None)),
+                Some(_) => Err(Page {
+                    status: StatusCode::BAD_REQUEST,
+                    reason: Msg::UnsupportedScheme,
+                    refused: "bad_request",
+                }),
+                // Origin form sent to a proxy: a client that does not know it is
+                // talking to one, or a loop.
+                None => Err(bad_request()),
+            }
+        }
+    }
+}
+
+fn url_host(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+fn bad_request() -> Page {
+    Page {
+        status: StatusCode::BAD_REQUEST,
+        reason: Msg::BadRequest,
+        refused: "bad_request",
+    }
+}
+
+pub fn forbidden_page(why: Forbidden) -> Page {
+    match why {
+        Forbidden::Own => Page {
+            status: StatusCode::FORBIDDEN,
+            reason: Msg::Loop,
+            refused: "own",
+        },
+        Forbidden::Special | Forbidden::Internal => Page {
+            status: StatusCode::FORBIDDEN,
+            reason: Msg::Internal,
+            refused: "internal",
+        },
+    }
+}
+
+/// The page for a failed origin exchange, from the dial error inside it if any.
+fn upstream_error(e: &hyper_util::client::legacy::Error) -> Page {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(d) = s.downcast_ref::<DialError>() {
+            return dial_error_page(d);
+        }
+        source = s.source();
+    }
+    Page {
+        status: StatusCode::BAD_GATEWAY,
+        reason: if e.is_connect() {
+            Msg::OriginUnreachable
+        } else {
+            Msg::OriginError
+        },
+        refused: "upstream",
+    }
+}
+
+pub fn dial_error_page(d: &DialError) -> Page {
+    match d {
+        DialError::Forbidden { why, .. } => forbidden_page(*why),
+        DialError::Resolve { .. } | DialError::NoAddress { .. } => Page {
+            status: StatusCode::BAD_GATEWAY,
+            reason: Msg::NameNotFound,
+            refused: "dns",
+        },
+        DialError::Timeout { .. } => Page {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            reason: Msg::OriginTimeout,
+            refused: "upstream_timeout",
+        },
+        DialError::Connect { .. } | DialError::NoHost => Page {
+            status: StatusCode::BAD_GATEWAY,
+            reason: Msg::OriginUnreachable,
+            refused: "upstream",
+        },
+    }
+}
+
+/// An error page, recorded as refused.
+pub fn error_page(page: Page, lang: Lang, what: &str, log: &RequestLog) -> Response<Body> {
+    let reference = pages::new_reference(Utc::now());
+    log.refused(page.refused);
+    log.status(page.status.as_u16());
+    log.reference(&reference);
+    pages::error_response(page.status, lang, page.reason, what, &reference)
+}
+
+/// The reason shown on a block page for a decision.
+pub fn reason_msg(reason: Reason) -> Msg {
+    match reason {
+        Reason::BareIp => Msg::ReasonBareIp,
+        Reason::DenyOverride(_) => Msg::ReasonDenyOverride,
+        Reason::Circumvention => Msg::ReasonCircumvention,
+        _ => Msg::ReasonCategory,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn block_page(
+    p: &Proxy,
+    snap: &Snapshot,
+    d: &policy::Decision,
+    identity: &Identity,
+    lang: Lang,
+    what: &str,
+    log: &RequestLog,
+    tunnel: bool,
+) -> Response<Body> {
+    let now = Utc::now();
+    let reference = pages::new_reference(now);
+    let rule = d.rule(snap);
+    log.reference(&reference);
+    log.status(403);
+    pages::block_response(
+        snap,
+        &Blocked {
+            lang,
+            what,
+            category: d.category,
+            profile: d.profile,
+            user: identity.user.as_deref(),
+            rule: &rule,
+            reason: reason_msg(d.reason),
+            reference: &reference,
+            time: now,
+            review_url: &p.review_url,
+            tunnel,
+        },
+    )
+}
+
+/// Why identification failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Invalid,
+    Throttled,
+}
+
+/// The identity behind a request: credentials when sent (explicit mode), else the
+/// client's network. Authentication is demanded only where configured.
+async fn identify(
+    p: &Arc<Proxy>,
+    snap: &Snapshot,
+    conn: &Conn,
+    headers: &HeaderMap,
+) -> Result<Identity, AuthFailure> {
+    let ip = canonical_ip(conn.peer.ip());
+    let mut id = Identity::from_ip(snap, ip);
+    if conn.mode != Mode::Explicit {
+        return Ok(id);
+    }
+    let required = snap
+        .config
+        .proxy
+        .auth_required_networks
+        .iter()
+        .any(|n| n.contains(&ip));
+    match headers.get(header::PROXY_AUTHORIZATION) {
+        Some(v) => match p.auth.check(ip, v.as_bytes()).await {
+            super::auth::Credentials::Valid(user) => {
+                id.user = Some(user);
+                id.source = IdentitySource::ProxyAuth;
+                Ok(id)
+            }
+            super::auth::Credentials::Invalid => Err(AuthFailure::Invalid),
+            super::auth::Credentials::Throttled => Err(AuthFailure::Throttled),
+        },
+        None if required => Err(AuthFailure::Missing),
+        None => Ok(id),
+    }
+}
+
+fn auth_challenge(
+    snap: &Snapshot,
+    lang: Lang,
+    what: &str,
+    failed: AuthFailure,
+    log: &RequestLog,
+) -> Response<Body> {
+    let (reason, refused) = match failed {
+        AuthFailure::Missing => (Msg::AuthRequired, "auth"),
+        AuthFailure::Invalid => (Msg::AuthFailed, "auth"),
+        AuthFailure::Throttled => (Msg::AuthThrottled, "auth_throttled"),
+    };
+    let mut resp = error_page(
+        Page {
+            status: StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            reason,
+            refused,
+        },
+        lang,
+        what,
+        log,
+    );
+    let realm = &snap.config.proxy.auth_realm;
+    if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\"")) {
+        resp.headers_mut().insert(header::PROXY_AUTHENTICATE, v);
+    }
+    resp
+}
+
+fn pac_response(snap: &Snapshot, host: Option<&str>) -> Response<Body> {
+    let listen = host.unwrap_or("127.0.0.1:3128");
+    let mut resp = Response::new(pages::full(bytes::Bytes::from(super::pac::render(
+        snap, listen,
+    ))));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ns-proxy-autoconfig"),
+    );
+    resp
+}
+
+/// Whether a request asks to switch protocols (WebSocket): `Connection: upgrade`
+/// with an `Upgrade` header.
+fn wants_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(!wants_upgrade(&h));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(wants_upgrade(&h));
+    }
+}

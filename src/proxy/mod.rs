@@ -1,0 +1,285 @@
+//! The forward proxy: explicit HTTP/1.1 proxy (absolute-form requests and
+//! CONNECT) and, when configured, transparent listeners fed by nftables redirects.
+//!
+//! Every request takes the one path: identify (client network, Basic auth) →
+//! decide (`policy::decide` on the URL, CONNECT host and TLS SNI) → act (forward
+//! through a pooled hyper client, tunnel, or answer a block/error page) → record
+//! (`log::RequestLog`, emitted whatever happens). Origins are reached only through
+//! `dial`, whose SSRF guard refuses loopback, link-local, internal ranges and
+//! vigie's own listeners however they are spelled. TLS is never decrypted: tunnels
+//! are decided on the first bytes the client sends (`sniff`).
+//!
+//! This module reads the current `Snapshot` per request and queues audit events; it
+//! owns neither (the app wires them in). It must not decide anything `policy` can.
+
+pub mod auth;
+pub mod dial;
+mod forward;
+pub mod guard;
+pub mod log;
+pub mod pac;
+pub mod pages;
+mod server;
+pub mod sniff;
+mod transparent;
+mod tunnel;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::AuditSink;
+use crate::snapshot::SnapshotStore;
+
+pub use server::Mode;
+
+/// The body type of every request and response the proxy handles.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// How long an unused pooled origin connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Most idle pooled connections per origin.
+const POOL_MAX_IDLE_PER_HOST: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen for the proxy on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where vigie's other services listen, so the proxy never forwards to them.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub listen: SocketAddr,
+    /// vigie's other listeners (DNS, admin).
+    pub own: Vec<SocketAddr>,
+    /// The data directory (for the default users file).
+    pub data_dir: Option<PathBuf>,
+    /// The admin app's base URL (`http://127.0.0.1:8080`), for review links when
+    /// `[proxy] review_url` is not set.
+    pub admin_url: String,
+}
+
+/// State shared by every connection of the proxy.
+pub struct Proxy {
+    store: Arc<SnapshotStore>,
+    audit: AuditSink,
+    dialer: Arc<dial::Dialer>,
+    client: Client<dial::Connector, Body>,
+    auth: Arc<auth::Authenticator>,
+    review_url: String,
+    via: ::http::HeaderValue,
+    limit: Arc<Semaphore>,
+}
+
+/// The bound listeners, ready to serve.
+pub struct Listeners {
+    proxy: Arc<Proxy>,
+    explicit: TcpListener,
+    transparent_http: Option<TcpListener>,
+    transparent_tls: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.explicit.local_addr().ok()
+    }
+
+    pub fn transparent_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        (
+            self.transparent_http
+                .as_ref()
+                .and_then(|l| l.local_addr().ok()),
+            self.transparent_tls
+                .as_ref()
+                .and_then(|l| l.local_addr().ok()),
+        )
+    }
+
+    /// Starts one accept loop per listener under `tasks`; connections run under
+    /// `tracker` so shutdown can wait for them.
+    pub fn serve(self, tasks: &mut JoinSet<()>, tracker: TaskTracker, cancel: CancellationToken) {
+        let p = self.proxy;
+        tasks.spawn(server::accept_loop(
+            p.clone(),
+            self.explicit,
+            Mode::Explicit,
+            tracker.clone(),
+            cancel.clone(),
+        ));
+        if let Some(l) = self.transparent_http {
+            tasks.spawn(server::accept_loop(
+                p.clone(),
+                l,
+                Mode::TransparentHttp,
+                tracker.clone(),
+                cancel.clone(),
+            ));
+        }
+        if let Some(l) = self.transparent_tls {
+            tasks.spawn(server::accept_loop(
+                p,
+                l,
+                Mode::TransparentTls,
+                tracker,
+                cancel,
+            ));
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    // A large backlog: connections beyond `max_connections` wait here, not refused.
+    let sock = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .and_then(|s| {
+        s.set_reuseaddr(true)?;
+        s.bind(addr)?;
+        Ok(s)
+    })
+    .map_err(|source| ProxyError::Bind { addr, source })?;
+    sock.listen(4096)
+        .map_err(|source| ProxyError::Bind { addr, source })
+}
+
+/// Binds the proxy's listeners (explicit, and the transparent ones the config
+/// enables) and builds the shared state.
+pub async fn setup(
+    store: Arc<SnapshotStore>,
+    audit: AuditSink,
+    setup: Setup,
+) -> Result<Listeners, ProxyError> {
+    let snap = store.load();
+    let cfg = &snap.config.proxy;
+    let explicit = bind(setup.listen).await?;
+    let transparent_http = match cfg.transparent_http_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let transparent_tls = match cfg.transparent_tls_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let mut own = setup.own.clone();
+    own.extend(explicit.local_addr().ok());
+    own.extend(transparent_http.as_ref().and_then(|l| l.local_addr().ok()));
+    own.extend(transparent_tls.as_ref().and_then(|l| l.local_addr().ok()));
+    let dialer = Arc::new(dial::Dialer {
+        guard: guard::Guard::new(cfg, own, guard::local_addresses()),
+        connect_timeout: cfg.connect_timeout,
+    });
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(dial::Connector(dialer.clone()));
+    let users_file = cfg.users_file.clone().or_else(|| {
+        setup
+            .data_dir
+            .as_ref()
+            .or(snap.config.data_dir.as_ref())
+            .map(|d| d.join("users"))
+    });
+    let auth = Arc::new(auth::Authenticator::new(users_file));
+    if !cfg.auth_required_networks.is_empty() && auth.user_count() == 0 {
+        tracing::warn!(
+            "proxy authentication is required for {:?} but {} holds no user: add some with `vigie users add`",
+            cfg.auth_required_networks,
+            auth.path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "no users file".into())
+        );
+    }
+    let review_url = cfg
+        .review_url
+        .clone()
+        .unwrap_or_else(|| format!("{}/review", setup.admin_url.trim_end_matches('/')));
+    let via = ::http::HeaderValue::from_str(&format!("1.1 {}", cfg.via_name))
+        .unwrap_or_else(|_| ::http::HeaderValue::from_static("1.1 vigie"));
+    let proxy = Arc::new(Proxy {
+        store: store.clone(),
+        audit,
+        dialer,
+        client,
+        auth,
+        review_url,
+        via,
+        limit: Arc::new(Semaphore::new(cfg.max_connections)),
+    });
+    Ok(Listeners {
+        proxy,
+        explicit,
+        transparent_http,
+        transparent_tls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{self, SniMismatch};
+
+    #[test]
+    fn proxy_section_defaults_and_values() {
+        let cfg = config::parse("[profiles.invites]\n", "t.toml", Path::new("/etc/vigie")).unwrap();
+        let p = &cfg.proxy;
+        assert_eq!(p.connect_ports, vec![443]);
+        assert!(!p.allow_loopback_origins, "loopback origins are refused unless asked for");
+        assert!(p.transparent_http_listen.is_none() && p.transparent_tls_listen.is_none(), "transparent mode is off by default");
+        assert_eq!(p.sni_mismatch, SniMismatch::DecideBoth);
+
+        let text = r#"
+[profiles.invites]
+[proxy]
+connect_ports = [443, 8443]
+internal_networks = ["10.9.0.0/16", "fd00::/8"]
+auth_required_networks = ["10.2.0.0/16"]
+users_file = "users.txt"
+sni_mismatch = "block"
+transparent_http_listen = "0.0.0.0:3129"
+header_timeout_ms = 2500
+"#;
+        let cfg = config::parse(text, "t.toml", Path::new("/etc/vigie")).unwrap();
+        let p = &cfg.proxy;
+        assert_eq!(p.connect_ports, vec![443, 8443]);
+        assert_eq!(p.internal_networks.len(), 2);
+        assert_eq!(p.users_file.as_deref(), Some(Path::new("/etc/vigie/users.txt")));
+        assert_eq!(p.sni_mismatch, SniMismatch::Block);
+        assert_eq!(p.transparent_http_listen, Some("0.0.0.0:3129".parse().unwrap()));
+        assert_eq!(p.header_timeout, std::time::Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn proxy_section_errors_point_at_the_problem() {
+        let text = "[profiles.invites]\n[proxy]\ninternal_networks = [\"10.9.0.0/33\"]\nvia_name = \"a b\"\nmax_header_bytes = 100\ntransparent_tls_listen = \"nowhere\"\nconect_ports = [443]\n";
+        let err = config::parse(text, "t.toml", Path::new("/")).unwrap_err().to_string();
+        for needle in [
+            "t.toml:3:22: invalid CIDR \"10.9.0.0/33\"",
+            "proxy.via_name",
+            "proxy.max_header_bytes must be at least 8192",
+            "t.toml:6:26: invalid address \"nowhere\" for proxy.transparent_tls_listen",
+            "unknown key \"conect_ports\" — did you mean \"connect_ports\"?",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in\n{err}");
+        }
+    }
+}

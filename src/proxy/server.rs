@@ -1,0 +1,215 @@
+//! Accepting connections: one accept loop per listener, a semaphore bounding the
+//! connections served at once (the rest wait in the listen backlog), and one hyper
+//! HTTP/1.1 connection per client with the head size/count limits and the
+//! header-read timeout that stops slowloris clients.
+//!
+//! Nothing here decides: requests go to `forward` (HTTP) and `tunnel` (CONNECT,
+//! transparent TLS).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Proxy;
+use crate::metrics;
+
+/// How long a connection still gets, once shutdown starts, to finish its request.
+const DRAIN: Duration = Duration::from_secs(4);
+
+/// Which kind of listener accepted a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Clients configured to use the proxy (absolute-form requests, CONNECT).
+    Explicit,
+    /// Port 80 traffic redirected by the firewall (origin-form requests).
+    TransparentHttp,
+    /// Port 443 traffic redirected by the firewall (raw TLS).
+    TransparentTls,
+}
+
+/// What every request of one client connection shares.
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub mode: Mode,
+    /// Whether the peer is inside `client_networks`.
+    pub client: bool,
+    /// The destination the client meant (transparent modes only).
+    pub original_dst: Option<SocketAddr>,
+}
+
+/// Decrements the active-connection gauge however the connection ends.
+struct Active(&'static str);
+
+impl Active {
+    fn new(kind: &'static str) -> Active {
+        metrics::PROXY_ACTIVE_CONNECTIONS
+            .with_label_values(&[kind])
+            .inc();
+        Active(kind)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        metrics::PROXY_ACTIVE_CONNECTIONS
+            .with_label_values(&[self.0])
+            .dec();
+    }
+}
+
+pub async fn accept_loop(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    mode: Mode,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return,
+            p = proxy.limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("proxy accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let proxy = proxy.clone();
+        let cancel = cancel.clone();
+        let tracker2 = tracker.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let _active = Active::new("client");
+            // Wait for the first byte in this small future; the connection's large
+            // state (hyper's buffers and state machine) is boxed only once the
+            // client speaks, so idle connections cost a socket and a small task.
+            // (`peek`, not `readable()`: a freshly registered socket reports
+            // readiness before any byte arrives.)
+            let wait = proxy.store.load().config.proxy.header_timeout;
+            let mut first = [0u8; 1];
+            tokio::select! {
+                r = tokio::time::timeout(wait, stream.peek(&mut first)) => {
+                    if !matches!(r, Ok(Ok(n)) if n > 0) {
+                        return;
+                    }
+                }
+                _ = cancel.cancelled() => return,
+            }
+            Box::pin(serve_conn(proxy, stream, peer, mode, tracker2, cancel)).await;
+        });
+    }
+}
+
+async fn serve_conn(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mode: Mode,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let snap = proxy.store.load();
+    let client = snap.is_client(peer.ip());
+    let original_dst = match mode {
+        Mode::Explicit => None,
+        _ => match super::transparent::original_dst(&stream) {
+            Ok(dst) => Some(dst),
+            Err(e) => {
+                tracing::debug!(%peer, "transparent connection without an original destination: {e}");
+                metrics::PROXY_REFUSED_TOTAL
+                    .with_label_values(&["no_original_dst"])
+                    .inc();
+                return;
+            }
+        },
+    };
+    if mode == Mode::TransparentTls {
+        if !client {
+            metrics::PROXY_REFUSED_TOTAL
+                .with_label_values(&["client_network"])
+                .inc();
+            return;
+        }
+        if let Some(dst) = original_dst {
+            super::tunnel::transparent_tls(proxy, stream, peer, dst, cancel).await;
+        }
+        return;
+    }
+    let cfg = &snap.config.proxy;
+    let conn = Arc::new(Conn {
+        peer,
+        mode,
+        client,
+        original_dst,
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_timeout)
+        .max_headers(cfg.max_headers)
+        .max_header_size(cfg.max_header_bytes)
+        .max_buf_size(cfg.max_header_bytes.max(8192) + 1024)
+        .keep_alive(client);
+    drop(snap);
+    let p = proxy.clone();
+    let c = conn.clone();
+    let service = service_fn(move |req| {
+        let p = p.clone();
+        let c = c.clone();
+        let tracker = tracker.clone();
+        async move { Ok::<_, Infallible>(super::forward::handle(p, c, req, tracker).await) }
+    });
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        r = connection.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, "proxy connection ended: {e}");
+            }
+        }
+        _ = cancel.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN, connection).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// The idle-connection saving relies on `peek` waiting for the first byte.
+    #[tokio::test]
+    async fn peek_waits_for_the_first_byte() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let mut b = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_millis(200), s.peek(&mut b)).await;
+        assert!(r.is_err(), "peek returned before any byte: {r:?}");
+        c.try_write(b"G").unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(2), s.peek(&mut b)).await.unwrap().unwrap();
+        assert_eq!((n, b[0]), (1, b'G'));
+    }
+}

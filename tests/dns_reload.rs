@@ -1,0 +1,183 @@
+//! Reload without dropping a query: a bounded query load runs against the real
+//! binary while the config changes on disk (accepted), breaks (rejected: the old
+//! snapshot keeps serving) and is restored with SIGHUP. Every query must be answered,
+//! correctly and in time.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+/// An answer slower than this counts as late.
+const LATE: Duration = Duration::from_millis(500);
+/// Upper bound on the load, whatever happens.
+const MAX_LOAD: Duration = Duration::from_secs(60);
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+/// Two client threads, each a closed loop of queries (one in flight): cached allowed
+/// names and blocked names alternately, every answer checked.
+fn start_load(dns: std::net::SocketAddr, gambling: String) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    for t in 0..2 {
+        let (stop, sent, failed, gambling) =
+            (stop.clone(), sent.clone(), failed.clone(), gambling.clone());
+        threads.push(std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut problems = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_LOAD {
+                i += 1;
+                let blocked = i.is_multiple_of(2);
+                let name = if blocked {
+                    format!("x{}.{gambling}", i % 50)
+                } else {
+                    format!("load{}-{t}.example.org", i % 50)
+                };
+                let q = query_message(&name, RecordType::A, true);
+                let t0 = Instant::now();
+                let reply = exchange_udp(dns, &q, Duration::from_secs(2));
+                let took = t0.elapsed();
+                sent.fetch_add(1, Ordering::Relaxed);
+                let ok = match &reply {
+                    Some(m) if blocked => {
+                        m.metadata.response_code == ResponseCode::NoError
+                            && a_records(m)
+                                == vec!["198.51.100.7".parse::<std::net::Ipv4Addr>().unwrap()]
+                    }
+                    Some(m) => a_records(m) == vec![UPSTREAM_V4],
+                    None => false,
+                };
+                if !ok || took > LATE {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    if problems.len() < 10 {
+                        problems.push(format!(
+                            "{name}: {took:?} {:?}",
+                            reply.map(|m| (m.metadata.response_code, m.answers))
+                        ));
+                    }
+                }
+            }
+            problems
+        }));
+    }
+    Load {
+        stop,
+        sent,
+        failed,
+        threads,
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn dns_reload_under_load_accepts_rejects_and_never_drops_a_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let gambling = ut1_gambling_domain();
+    let up = Upstream::start(&gambling);
+    let cfg = write_config(dir.path(), "");
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    let v = Vigie::start(&cfg, &[up.addr], dir.path());
+    assert_eq!(
+        a_records(&udp(v.dns, "newly-denied.example.org", RecordType::A)),
+        vec![UPSTREAM_V4]
+    );
+
+    let load = start_load(v.dns, gambling.clone());
+    std::thread::sleep(Duration::from_millis(300));
+
+    // 1. A valid change on disk: picked up by the watcher, swapped in.
+    let accepted = v.metric("vigie_reload_total{result=\"accepted\"}");
+    let with_deny = good.replace(
+        "[profiles.page]\n",
+        "[profiles.page]\ndeny = [\"newly-denied.example.org\"]\n",
+    );
+    assert_ne!(with_deny, good);
+    std::fs::write(&cfg, &with_deny).unwrap();
+    wait_for("accepted reload", Duration::from_secs(20), || {
+        v.metric("vigie_reload_total{result=\"accepted\"}") > accepted
+    });
+    let m = udp(v.dns, "newly-denied.example.org", RecordType::A);
+    assert_eq!(
+        a_records(&m),
+        vec!["198.51.100.7".parse::<std::net::Ipv4Addr>().unwrap()],
+        "deny override applied"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    // 2. A broken change: rejected, counted, the previous snapshot keeps serving.
+    let rejected = v.metric("vigie_reload_total{result=\"rejected\"}");
+    std::fs::write(
+        &cfg,
+        with_deny.replace(
+            "block = [\"gambling\", \"doh\"]\nblock_mode = \"page\"",
+            "block = [\"gamblin\", \"doh\"]\nblock_mode = \"page\"",
+        ),
+    )
+    .unwrap();
+    wait_for("rejected reload", Duration::from_secs(20), || {
+        v.metric("vigie_reload_total{result=\"rejected\"}") > rejected
+    });
+    let m = udp(v.dns, "newly-denied.example.org", RecordType::A);
+    assert_eq!(
+        a_records(&m),
+        vec!["198.51.100.7".parse::<std::net::Ipv4Addr>().unwrap()],
+        "old snapshot still serving"
+    );
+    assert!(
+        v.log_text().contains("gamblin"),
+        "the rejection names the problem"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    // 3. SIGHUP after restoring the original: accepted, the deny override is gone.
+    let accepted = v.metric("vigie_reload_total{result=\"accepted\"}");
+    std::fs::write(&cfg, &good).unwrap();
+    v.signal("HUP");
+    wait_for("SIGHUP reload", Duration::from_secs(20), || {
+        v.metric("vigie_reload_total{result=\"accepted\"}") > accepted
+    });
+    wait_for("deny override removed", Duration::from_secs(5), || {
+        a_records(&udp(v.dns, "newly-denied.example.org", RecordType::A)) == vec![UPSTREAM_V4]
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    load.stop.store(true, Ordering::Relaxed);
+    let problems: Vec<String> = load
+        .threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let sent = load.sent.load(Ordering::Relaxed);
+    let failed = load.failed.load(Ordering::Relaxed);
+    eprintln!("load: {sent} queries, {failed} failed or late");
+    assert!(sent > 200, "the load ran ({sent} queries)");
+    assert_eq!(
+        failed, 0,
+        "failed or late queries during reloads: {problems:#?}"
+    );
+    assert!(v.stop().success());
+}
