@@ -72,12 +72,28 @@ async fn serve(
     let mut tasks: JoinSet<()> = JoinSet::new();
     let tracker = TaskTracker::new();
 
-    let audit_path = opts
-        .data_dir
-        .as_ref()
-        .or(store.load().config.data_dir.as_ref())
-        .map(|d| d.join("audit.jsonl"));
-    let (audit, writer) = crate::audit::open(audit_path.as_deref()).await?;
+    let data_dir = opts.data_dir.clone().or_else(|| store.load().config.data_dir.clone());
+    let audit_path = data_dir.as_ref().map(|d| d.join("audit.jsonl"));
+    let (audit, mut writer) = crate::audit::open(audit_path.as_deref()).await?;
+    // The queryable store (SQLite by default). If it cannot be opened (read-only or
+    // full disk, database down) filtering still starts: events go to the JSON-lines
+    // log, the error is logged and counted.
+    let audit_settings = store.load().config.audit.clone();
+    let dir = data_dir.clone();
+    match tokio::task::spawn_blocking(move || {
+        let r = crate::audit::attach_store(&mut writer, &audit_settings, dir.as_deref());
+        (writer, r)
+    })
+    .await
+    {
+        Ok((w, Ok(()))) => writer = w,
+        Ok((w, Err(e))) => {
+            crate::metrics::AUDIT_WRITE_ERRORS_TOTAL.inc();
+            tracing::error!("audit store unavailable, events go to the audit log only: {e}");
+            writer = w;
+        }
+        Err(e) => anyhow::bail!("audit store setup failed: {e}"),
+    }
     // The writer stops last, on its own token, so it drains what the services queued.
     let audit_cancel = CancellationToken::new();
     let audit_task = tokio::spawn(writer.run(audit_cancel.clone()));

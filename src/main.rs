@@ -43,6 +43,20 @@ enum Command {
     /// Manage the proxy's users file (Basic authentication, argon2 hashes).
     #[command(subcommand)]
     Users(UsersCommand),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Delete events older than the configured retention now (the running service
+    /// also does it every hour).
+    Purge {
+        /// State directory holding audit.db (default: the config's data_dir).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -140,6 +154,7 @@ fn main() -> ExitCode {
         Command::Lists(ListsCommand::Stats) => lists_stats(cli.config),
         Command::Config(ConfigCommand::Validate { file }) => validate(file.or(cli.config)),
         Command::Users(cmd) => users(cli.config, cmd),
+        Command::Audit(AuditCommand::Purge { data_dir }) => audit_purge(cli.config, data_dir),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
@@ -421,5 +436,38 @@ fn users(config: Option<PathBuf>, cmd: UsersCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(e.to_string()),
+    }
+}
+
+fn audit_purge(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+    use vigie::audit::store::{SqliteStore, Store};
+    let cfg = match config::load(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let before = chrono::Utc::now() - chrono::Duration::days(i64::from(cfg.audit.retention_days));
+    let opened: Result<Box<dyn Store>, _> = match cfg.audit.store {
+        config::AuditStoreKind::Postgres => vigie::audit::postgres::PgStore::connect(cfg.audit.postgres_url.as_deref().unwrap_or_default())
+            .map(|s| Box::new(s) as Box<dyn Store>),
+        _ => match data_dir.or(cfg.data_dir) {
+            Some(dir) => SqliteStore::open(&dir.join("audit.db")).map(|s| Box::new(s) as Box<dyn Store>),
+            None => {
+                eprintln!("vigie audit purge: no data directory (use --data-dir or data_dir in the config)");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match opened.and_then(|mut s| s.purge(before)) {
+        Ok(n) => {
+            println!("{n} audit events older than {} days deleted", cfg.audit.retention_days);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vigie audit purge: {e}");
+            ExitCode::from(2)
+        }
     }
 }

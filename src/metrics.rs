@@ -161,6 +161,14 @@ pub static AUDIT_DROPPED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new
 });
 
 /// Audit write failures (events of a failed batch are lost and counted here).
+/// Audit events deleted by retention.
+pub static AUDIT_PURGED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    register(
+        prometheus::IntCounter::new("vigie_audit_purged_total", "Audit events deleted by retention.")
+            .unwrap_or_else(|e| panic!("vigie_audit_purged_total: {e}")),
+    )
+});
+
 pub static AUDIT_WRITE_ERRORS_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     register(
         prometheus::IntCounter::new("vigie_audit_write_errors_total", "Audit events that could not be written.")
@@ -259,6 +267,7 @@ pub fn init() {
     LazyLock::force(&AUDIT_EVENTS_TOTAL);
     LazyLock::force(&AUDIT_DROPPED_TOTAL);
     LazyLock::force(&AUDIT_WRITE_ERRORS_TOTAL);
+    LazyLock::force(&AUDIT_PURGED_TOTAL);
     LazyLock::force(&PROXY_REQUESTS_TOTAL);
     LazyLock::force(&PROXY_REFUSED_TOTAL);
     LazyLock::force(&PROXY_CIRCUMVENTION_TOTAL);

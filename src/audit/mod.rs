@@ -24,9 +24,10 @@ use crate::metrics;
 pub mod postgres;
 pub mod store;
 
-/// Events the queue holds before new ones are dropped: about a second of a very
-/// busy school at full tilt, so a slow disk hiccup costs nothing.
-pub const QUEUE_CAPACITY: usize = 65_536;
+/// Events the queue holds before new ones are dropped: a fifth of a second of a
+/// filter blocking 80,000 queries a second, a few megabytes at most. A bigger queue
+/// only turns a writer that cannot keep up into memory growth before the drops.
+pub const QUEUE_CAPACITY: usize = 16_384;
 /// Most events written per batch (one write + one flush).
 const BATCH: usize = 1_024;
 
@@ -165,6 +166,35 @@ enum Output {
 pub struct Writer {
     rx: mpsc::Receiver<AuditEvent>,
     out: Output,
+    /// The queryable store (SQLite or PostgreSQL). `None` while a batch is being
+    /// written on a blocking thread, or when no store is configured.
+    store: Option<Box<dyn store::Store>>,
+    /// Events older than this are purged, hourly.
+    retention: Option<chrono::Duration>,
+}
+
+/// How often retention runs.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Opens the configured store (SQLite under `data_dir` by default, or PostgreSQL)
+/// and attaches it to `writer`, with the configured retention.
+pub fn attach_store(
+    writer: &mut Writer,
+    settings: &crate::config::AuditSettings,
+    data_dir: Option<&Path>,
+) -> Result<(), store::StoreError> {
+    use crate::config::AuditStoreKind;
+    let opened: Option<Box<dyn store::Store>> = match (&settings.store, data_dir) {
+        (AuditStoreKind::Postgres, _) => Some(Box::new(postgres::PgStore::connect(
+            settings.postgres_url.as_deref().unwrap_or_default(),
+        )?)),
+        (AuditStoreKind::Sqlite, Some(dir)) => Some(Box::new(store::SqliteStore::open(&dir.join("audit.db"))?)),
+        // No data directory: nowhere to keep a database (events still reach the log).
+        (AuditStoreKind::Sqlite, None) | (AuditStoreKind::None, _) => None,
+    };
+    writer.store = opened;
+    writer.retention = Some(chrono::Duration::days(i64::from(settings.retention_days)));
+    Ok(())
 }
 
 /// Creates the queue and its writer. `path` is the JSON-lines file (created, then
@@ -194,7 +224,15 @@ pub async fn open(path: Option<&Path>) -> Result<(AuditSink, Writer), AuditError
         None => Output::Log,
     };
     let (sink, rx) = AuditSink::channel(QUEUE_CAPACITY);
-    Ok((sink, Writer { rx, out }))
+    Ok((
+        sink,
+        Writer {
+            rx,
+            out,
+            store: None,
+            retention: None,
+        },
+    ))
 }
 
 impl Writer {
@@ -202,9 +240,14 @@ impl Writer {
     /// so a clean shutdown loses nothing that was accepted.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut batch = Vec::with_capacity(BATCH);
+        let mut purge = tokio::time::interval(PURGE_EVERY);
         loop {
             let n = tokio::select! {
                 n = self.rx.recv_many(&mut batch, BATCH) => n,
+                _ = purge.tick() => {
+                    self.purge().await;
+                    continue;
+                }
                 _ = cancel.cancelled() => break,
             };
             if n == 0 {
@@ -228,10 +271,74 @@ impl Writer {
         }
     }
 
+    /// Deletes events past retention, on a blocking thread, between batches (so
+    /// SQLite never sees two writers).
+    async fn purge(&mut self) {
+        let (Some(mut store), Some(keep)) = (self.store.take(), self.retention) else {
+            return;
+        };
+        let before = Utc::now() - keep;
+        match tokio::task::spawn_blocking(move || {
+            let r = store.purge(before);
+            (store, r)
+        })
+        .await
+        {
+            Ok((store, r)) => {
+                self.store = Some(store);
+                match r {
+                    Ok(n) => {
+                        metrics::AUDIT_PURGED_TOTAL.inc_by(n as u64);
+                        if n > 0 {
+                            tracing::info!(purged = n, "audit retention: events before {before} deleted");
+                        }
+                    }
+                    Err(e) => tracing::error!("audit retention failed: {e}"),
+                }
+            }
+            Err(e) => tracing::error!("audit retention task failed: {e}"),
+        }
+    }
+
+    /// Writes a batch to the store on a blocking thread. On failure (full disk,
+    /// read-only store, database down) the events are counted, spilled to the log
+    /// so they are not lost, and filtering carries on.
+    async fn write_store(&mut self, batch: &[AuditEvent]) {
+        let Some(mut store) = self.store.take() else {
+            return;
+        };
+        let events = batch.to_vec();
+        let n = events.len();
+        match tokio::task::spawn_blocking(move || {
+            let r = store.insert_batch(&events);
+            (store, events, r)
+        })
+        .await
+        {
+            Ok((store, events, r)) => {
+                self.store = Some(store);
+                if let Err(e) = r {
+                    metrics::AUDIT_WRITE_ERRORS_TOTAL.inc_by(n as u64);
+                    tracing::error!(events = n, "audit store write failed, events spilled to the log: {e}");
+                    for ev in &events {
+                        if let Ok(line) = serde_json::to_string(ev) {
+                            tracing::warn!(target: "vigie::audit", "{line}");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                metrics::AUDIT_WRITE_ERRORS_TOTAL.inc_by(n as u64);
+                tracing::error!(events = n, "audit store task failed; store closed: {e}");
+            }
+        }
+    }
+
     async fn write(&mut self, batch: &mut Vec<AuditEvent>) {
         if batch.is_empty() {
             return;
         }
+        self.write_store(batch).await;
         let mut buf = Vec::with_capacity(batch.len() * 256);
         for ev in batch.iter() {
             // Serialising a struct of strings and numbers cannot fail.

@@ -16,7 +16,7 @@ use chrono_tz::Tz;
 use ipnet::IpNet;
 use toml::Spanned;
 
-pub use schema::{Action, BlockMode, DEFAULT_CLIENT_NETWORKS, RawConfig, SafeSearch, SniMismatch};
+pub use schema::{Action, AuditStoreKind, BlockMode, DEFAULT_CLIENT_NETWORKS, RawConfig, SafeSearch, SniMismatch};
 pub use schedule::{Schedule, parse_days, parse_time_range};
 
 use crate::lists::{CatSet, CategoryId, SourceId, SourceSpec};
@@ -114,6 +114,14 @@ pub struct Profile {
     pub rules: Vec<Rule>,
 }
 
+/// Where and how long the audit trail is kept.
+#[derive(Clone, Debug)]
+pub struct AuditSettings {
+    pub store: AuditStoreKind,
+    pub postgres_url: Option<String>,
+    pub retention_days: u32,
+}
+
 /// LDAP / Active Directory settings, validated.
 #[derive(Clone, Debug)]
 pub struct LdapSettings {
@@ -165,6 +173,7 @@ pub struct Config {
     /// Static identities, most specific first.
     pub mappings: Vec<Mapping>,
     pub ldap: Option<LdapSettings>,
+    pub audit: AuditSettings,
     pub dns_upstreams: Vec<String>,
     /// The DNS filter's settings (`[dns]`).
     pub dns: DnsConfig,
@@ -599,6 +608,7 @@ impl Validator<'_> {
         mappings.sort_by_key(|m| std::cmp::Reverse(m.net.prefix_len()));
 
         let ldap = raw.ldap.as_ref().and_then(|l| self.ldap(l, &profile_names, base_dir));
+        let audit = self.audit(&raw.audit, base_dir);
 
         let dns_upstreams = raw.dns.upstreams.iter().map(|u| u.get_ref().clone()).collect();
         let dns = self.dns(&raw.dns);
@@ -623,6 +633,7 @@ impl Validator<'_> {
             networks,
             mappings,
             ldap,
+            audit,
             dns_upstreams,
             dns,
             proxy,
@@ -760,6 +771,31 @@ impl Validator<'_> {
                 self.error_at(p.span(), format!("unknown profile \"{name}\" in {what}{hint}"));
                 None
             }
+        }
+    }
+
+    fn audit(&mut self, a: &schema::RawAudit, base_dir: &Path) -> AuditSettings {
+        let days = *a.retention_days.get_ref();
+        if days == 0 || days > 3650 {
+            self.error_at(
+                a.retention_days.span(),
+                format!("retention_days = {days}: keep audit events between 1 and 3650 days"),
+            );
+        }
+        let mut url = a.postgres_url.clone();
+        if let Some(f) = &a.postgres_url_file {
+            match std::fs::read_to_string(base_dir.join(f)) {
+                Ok(text) => url = Some(text.trim().to_string()),
+                Err(e) => self.error_at(0..0, format!("[audit] postgres_url_file {f}: {e}")),
+            }
+        }
+        if a.store == AuditStoreKind::Postgres && url.is_none() {
+            self.error_at(0..0, "[audit] store = \"postgres\" needs postgres_url or postgres_url_file");
+        }
+        AuditSettings {
+            store: a.store,
+            postgres_url: url,
+            retention_days: days,
         }
     }
 

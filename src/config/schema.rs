@@ -43,6 +43,8 @@ pub struct RawConfig {
     /// (lab machines, library printers, a staff room).
     #[serde(default)]
     pub mappings: Vec<RawMapping>,
+    #[serde(default)]
+    pub audit: RawAudit,
     /// LDAP / Active Directory authentication; absent = local users file only.
     #[serde(default)]
     pub ldap: Option<RawLdap>,
@@ -191,6 +193,50 @@ pub struct RawNetwork {
     pub profile: Spanned<String>,
     #[serde(default)]
     pub name: Option<String>,
+}
+
+/// Which store keeps the audit trail.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditStoreKind {
+    /// SQLite in WAL mode, `<data_dir>/audit.db`.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by a school board (`postgres_url`).
+    Postgres,
+    /// No queryable store (events still go to the JSON-lines log).
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    #[serde(default)]
+    pub store: AuditStoreKind,
+    /// `host=… user=… dbname=…` or `postgresql://…`; prefer `postgres_url_file`.
+    #[serde(default)]
+    pub postgres_url: Option<String>,
+    /// File holding the connection string (so its password stays out of the config).
+    #[serde(default)]
+    pub postgres_url_file: Option<String>,
+    /// Days audit events are kept before they are purged.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: Spanned<u32>,
+}
+
+fn default_retention_days() -> Spanned<u32> {
+    Spanned::new(0..0, 90)
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            store: AuditStoreKind::default(),
+            postgres_url: None,
+            postgres_url_file: None,
+            retention_days: default_retention_days(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
