@@ -417,7 +417,9 @@ impl DomainSet {
     /// Every entry of the lists whose text is a label-suffix of `host`. `host` is
     /// normalised on the fly (case, trailing dot); a non-ASCII host is converted to
     /// punycode first, the only case that allocates (DNS queries and SNI are always
-    /// ASCII). A host that is not a valid name simply matches nothing.
+    /// ASCII). A host that is not a valid name simply matches nothing — and so does
+    /// `host:port`: callers pass the bare host (strip the port, and the brackets of
+    /// an IPv6 literal, first).
     pub fn lookup(&self, host: &str) -> DomainMatch {
         let raw = host.as_bytes();
         let raw = raw.strip_suffix(b".").unwrap_or(raw);
