@@ -3,6 +3,7 @@
 //! and static user mappings plug in here later. Nothing here decides or records.
 
 pub mod ldap;
+pub mod limiter;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
