@@ -207,6 +207,9 @@ for s in $SERVERS; do
   n=$(wc -l <"$OUT/$s.latencies")
   R_P99[$s]=$(awk -v n="$n" 'NR == int(n*0.99) {printf "%.3f", $1*1000}' "$OUT/$s.latencies")
   R_RSS[$s]=$(rss_mb "$SPID")
+  if [ "$s" = vigie ]; then
+    curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | grep -E '^vigie_audit_(events|dropped)_total' | sed 's/^/  vigie: /' >&2 || true
+  fi
   kill "$SPID"; wait "$SPID" 2>/dev/null || true
   grep -E "Queries (sent|completed|lost)" "$OUT/$s.dnsperf" | sed "s/^/  $s: /" >&2
 done

@@ -72,7 +72,10 @@ async fn serve(
     let mut tasks: JoinSet<()> = JoinSet::new();
     let tracker = TaskTracker::new();
 
-    let data_dir = opts.data_dir.clone().or_else(|| store.load().config.data_dir.clone());
+    let data_dir = opts
+        .data_dir
+        .clone()
+        .or_else(|| store.load().config.data_dir.clone());
     let audit_path = data_dir.as_ref().map(|d| d.join("audit.jsonl"));
     let (audit, mut writer) = crate::audit::open(audit_path.as_deref()).await?;
     // The queryable store (SQLite by default). If it cannot be opened (read-only or

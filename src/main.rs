@@ -19,7 +19,11 @@ use vigie::policy::{self, Request, Verdict};
 use vigie::snapshot::Snapshot;
 
 #[derive(Parser)]
-#[command(name = "vigie", version, about = "Content filter for school networks: DNS filter and web proxy")]
+#[command(
+    name = "vigie",
+    version,
+    about = "Content filter for school networks: DNS filter and web proxy"
+)]
 struct Cli {
     /// Configuration file (TOML). Absent: the embedded default configuration.
     #[arg(long, global = true, value_name = "FILE", env = "VIGIE_CONFIG")]
@@ -144,7 +148,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VIGIE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("VIGIE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -202,7 +207,12 @@ fn parse_at(s: &str, tz: chrono_tz::Tz) -> Result<DateTime<Utc>, String> {
     tz.from_local_datetime(&naive)
         .earliest()
         .map(|t| t.with_timezone(&Utc))
-        .ok_or_else(|| format!("--at \"{s}\" does not exist in {} (daylight saving gap)", tz.name()))
+        .ok_or_else(|| {
+            format!(
+                "--at \"{s}\" does not exist in {} (daylight saving gap)",
+                tz.name()
+            )
+        })
 }
 
 fn check(config: Option<PathBuf>, args: CheckArgs) -> ExitCode {
@@ -219,7 +229,10 @@ fn check(config: Option<PathBuf>, args: CheckArgs) -> ExitCode {
             Some(id) => Identity::profile(id, IdentitySource::Operator),
             None => {
                 let names = snapshot.config.profiles.iter().map(|p| p.name.as_str());
-                return fail(format!("unknown profile \"{p}\"{}", config::suggest(p, names)));
+                return fail(format!(
+                    "unknown profile \"{p}\"{}",
+                    config::suggest(p, names)
+                ));
             }
         },
         (None, Some(ip)) => Identity::from_ip(&snapshot, ip),
@@ -234,13 +247,27 @@ fn check(config: Option<PathBuf>, args: CheckArgs) -> ExitCode {
     };
     let target = args.target.trim();
     let url;
-    let request = if let Ok(ip) = target.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    let request = if let Ok(ip) = target
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         Request::Ip { ip, port: 443 }
     } else if target.contains("://") || target.contains('/') {
-        url = if target.contains("://") { target.to_string() } else { format!("http://{target}") };
-        Request::Http { method: "GET", url: &url }
+        url = if target.contains("://") {
+            target.to_string()
+        } else {
+            format!("http://{target}")
+        };
+        Request::Http {
+            method: "GET",
+            url: &url,
+        }
     } else {
-        Request::Dns { name: target, qtype: 1 }
+        Request::Dns {
+            name: target,
+            qtype: 1,
+        }
     };
     let d = policy::decide(&snapshot, &request, &identity, now);
     let trace = d.explain(&snapshot, &request, &identity, now);
@@ -289,7 +316,14 @@ fn lists_stats(config: Option<PathBuf>) -> ExitCode {
     );
     for s in &report.sources {
         let path = s.path.display().to_string();
-        let short = path.rsplit('/').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("/");
+        let short = path
+            .rsplit('/')
+            .take(2)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("/");
         println!(
             "{:<40} {:<18} {:>9} {:>7} {:>7} {:>7} {:>6}",
             short,
@@ -307,7 +341,10 @@ fn lists_stats(config: Option<PathBuf>) -> ExitCode {
             println!("    {b}");
         }
         if s.bad_lines > s.first_bad.len() {
-            println!("    … and {} more bad lines", s.bad_lines - s.first_bad.len());
+            println!(
+                "    … and {} more bad lines",
+                s.bad_lines - s.first_bad.len()
+            );
         }
     }
     let n = lists.domains.len().max(1);
@@ -318,19 +355,34 @@ fn lists_stats(config: Option<PathBuf>) -> ExitCode {
         lists.domains.memory_bytes(),
         lists.domains.memory_bytes() as f64 / n as f64
     );
-    println!("url set: {} entries, {} bytes", lists.urls.len(), lists.urls.memory_bytes());
-    println!("ip set: {} prefixes, {} bytes", lists.ips.len(), lists.ips.memory_bytes());
+    println!(
+        "url set: {} entries, {} bytes",
+        lists.urls.len(),
+        lists.urls.memory_bytes()
+    );
+    println!(
+        "ip set: {} prefixes, {} bytes",
+        lists.ips.len(),
+        lists.ips.memory_bytes()
+    );
     println!(
         "built in {:.3} s{}, total {} bytes",
         report.build_time.as_secs_f64(),
-        if report.from_cache { " (from cache)" } else { "" },
+        if report.from_cache {
+            " (from cache)"
+        } else {
+            ""
+        },
         lists.memory_bytes()
     );
     ExitCode::SUCCESS
 }
 
 fn validate(file: Option<PathBuf>) -> ExitCode {
-    let name = file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| config::EMBEDDED_NAME.to_string());
+    let name = file
+        .as_ref()
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| config::EMBEDDED_NAME.to_string());
     match config::load(file.as_deref()) {
         Ok(cfg) => {
             // A config is only valid if its lists load too.
@@ -372,22 +424,30 @@ fn users_file(config: Option<&std::path::Path>, file: Option<PathBuf>) -> Result
     cfg.proxy
         .users_file
         .or_else(|| cfg.data_dir.map(|d| d.join("users")))
-        .ok_or_else(|| "no users file: give --file, or set [proxy] users_file or data_dir in the configuration".to_string())
+        .ok_or_else(|| {
+            "no users file: give --file, or set [proxy] users_file or data_dir in the configuration"
+                .to_string()
+        })
 }
 
 /// A new password from the terminal (asked twice) or one line of standard input.
 fn read_password() -> Result<String, String> {
     use std::io::{BufRead, IsTerminal};
     if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password("Mot de passe / Password: ").map_err(|e| e.to_string())?;
-        let again = rpassword::prompt_password("Confirmez / Confirm: ").map_err(|e| e.to_string())?;
+        let first =
+            rpassword::prompt_password("Mot de passe / Password: ").map_err(|e| e.to_string())?;
+        let again =
+            rpassword::prompt_password("Confirmez / Confirm: ").map_err(|e| e.to_string())?;
         if first != again {
             return Err("the two passwords differ".into());
         }
         Ok(first)
     } else {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).map_err(|e| e.to_string())?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
         Ok(line.trim_end_matches(['\r', '\n']).to_string())
     }
 }
@@ -399,7 +459,9 @@ fn users(config: Option<PathBuf>, cmd: UsersCommand) -> ExitCode {
         ExitCode::from(2)
     };
     let (file, name) = match &cmd {
-        UsersCommand::Add(a) | UsersCommand::Passwd(a) | UsersCommand::Del(a) => (a.file.clone(), Some(a.name.clone())),
+        UsersCommand::Add(a) | UsersCommand::Passwd(a) | UsersCommand::Del(a) => {
+            (a.file.clone(), Some(a.name.clone()))
+        }
         UsersCommand::List { file } => (file.clone(), None),
     };
     let path = match users_file(config.as_deref(), file) {
@@ -450,19 +512,28 @@ fn audit_purge(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
     };
     let before = chrono::Utc::now() - chrono::Duration::days(i64::from(cfg.audit.retention_days));
     let opened: Result<Box<dyn Store>, _> = match cfg.audit.store {
-        config::AuditStoreKind::Postgres => vigie::audit::postgres::PgStore::connect(cfg.audit.postgres_url.as_deref().unwrap_or_default())
-            .map(|s| Box::new(s) as Box<dyn Store>),
+        config::AuditStoreKind::Postgres => vigie::audit::postgres::PgStore::connect(
+            cfg.audit.postgres_url.as_deref().unwrap_or_default(),
+        )
+        .map(|s| Box::new(s) as Box<dyn Store>),
         _ => match data_dir.or(cfg.data_dir) {
-            Some(dir) => SqliteStore::open(&dir.join("audit.db")).map(|s| Box::new(s) as Box<dyn Store>),
+            Some(dir) => {
+                SqliteStore::open(&dir.join("audit.db")).map(|s| Box::new(s) as Box<dyn Store>)
+            }
             None => {
-                eprintln!("vigie audit purge: no data directory (use --data-dir or data_dir in the config)");
+                eprintln!(
+                    "vigie audit purge: no data directory (use --data-dir or data_dir in the config)"
+                );
                 return ExitCode::from(2);
             }
         },
     };
     match opened.and_then(|mut s| s.purge(before)) {
         Ok(n) => {
-            println!("{n} audit events older than {} days deleted", cfg.audit.retention_days);
+            println!(
+                "{n} audit events older than {} days deleted",
+                cfg.audit.retention_days
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

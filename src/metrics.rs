@@ -19,49 +19,88 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(m: T) -> T {
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     // Names and labels are literals of this module, valid by construction.
-    register(IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}")))
+    register(
+        IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}")),
+    )
 }
 
 /// Snapshot reloads by result (`accepted`, `rejected`).
-pub static RELOAD_TOTAL: LazyLock<IntCounterVec> =
-    LazyLock::new(|| counter_vec("vigie_reload_total", "Snapshot reloads by result.", &["result"]));
+pub static RELOAD_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "vigie_reload_total",
+        "Snapshot reloads by result.",
+        &["result"],
+    )
+});
 
 /// Lines rejected while loading lists, by source path.
 pub static LIST_BAD_LINES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec("vigie_list_bad_lines_total", "List lines rejected while loading, by source.", &["source"])
+    counter_vec(
+        "vigie_list_bad_lines_total",
+        "List lines rejected while loading, by source.",
+        &["source"],
+    )
 });
 
 /// Entries in the current snapshot's lists, by kind (`domain`, `url`, `ip`).
 pub static LIST_ENTRIES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register(
-        IntGaugeVec::new(Opts::new("vigie_list_entries", "Entries loaded in the current lists, by kind."), &["kind"])
-            .unwrap_or_else(|e| panic!("vigie_list_entries: {e}")),
+        IntGaugeVec::new(
+            Opts::new(
+                "vigie_list_entries",
+                "Entries loaded in the current lists, by kind.",
+            ),
+            &["kind"],
+        )
+        .unwrap_or_else(|e| panic!("vigie_list_entries: {e}")),
     )
 });
 
 /// Version number of the snapshot in service.
 pub static SNAPSHOT_VERSION: LazyLock<IntGauge> = LazyLock::new(|| {
-    register(IntGauge::new("vigie_snapshot_version", "Version of the snapshot in service.").unwrap_or_else(|e| panic!("vigie_snapshot_version: {e}")))
+    register(
+        IntGauge::new(
+            "vigie_snapshot_version",
+            "Version of the snapshot in service.",
+        )
+        .unwrap_or_else(|e| panic!("vigie_snapshot_version: {e}")),
+    )
 });
 
 /// Decisions by service, verdict and category.
 pub static DECISIONS_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec("vigie_decisions_total", "Decisions by service, verdict and category.", &["service", "verdict", "category"])
+    counter_vec(
+        "vigie_decisions_total",
+        "Decisions by service, verdict and category.",
+        &["service", "verdict", "category"],
+    )
 });
 
 /// Time to build a snapshot (config + lists).
 pub static SNAPSHOT_BUILD_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     register(
-        Histogram::with_opts(HistogramOpts::new("vigie_snapshot_build_seconds", "Time to build a snapshot.").buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]))
-            .unwrap_or_else(|e| panic!("vigie_snapshot_build_seconds: {e}")),
+        Histogram::with_opts(
+            HistogramOpts::new("vigie_snapshot_build_seconds", "Time to build a snapshot.")
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .unwrap_or_else(|e| panic!("vigie_snapshot_build_seconds: {e}")),
     )
 });
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    register(Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).unwrap_or_else(|e| panic!("metric {name}: {e}")))
+    register(
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+            .unwrap_or_else(|e| panic!("metric {name}: {e}")),
+    )
 }
 
-fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> prometheus::HistogramVec {
+fn histogram_vec(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> prometheus::HistogramVec {
     register(
         prometheus::HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
             .unwrap_or_else(|e| panic!("metric {name}: {e}")),
@@ -71,12 +110,22 @@ fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> 
 // ---- DNS filter (`dns/`) ----
 
 /// DNS queries received, by transport (`udp`, `tcp`).
-pub static DNS_QUERIES_TOTAL: LazyLock<IntCounterVec> =
-    LazyLock::new(|| counter_vec("vigie_dns_queries_total", "DNS queries received, by transport.", &["transport"]));
+pub static DNS_QUERIES_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "vigie_dns_queries_total",
+        "DNS queries received, by transport.",
+        &["transport"],
+    )
+});
 
 /// DNS responses sent, by response code (`noerror`, `nxdomain`, `servfail`, `refused`, `formerr`, `notimp`).
-pub static DNS_RESPONSES_TOTAL: LazyLock<IntCounterVec> =
-    LazyLock::new(|| counter_vec("vigie_dns_responses_total", "DNS responses sent, by response code.", &["rcode"]));
+pub static DNS_RESPONSES_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "vigie_dns_responses_total",
+        "DNS responses sent, by response code.",
+        &["rcode"],
+    )
+});
 
 /// Time from receiving a query to having its answer, by how it was answered
 /// (`blocked`, `cache`, `upstream`, `local` for errors and refusals).
@@ -85,63 +134,99 @@ pub static DNS_REQUEST_SECONDS: LazyLock<prometheus::HistogramVec> = LazyLock::n
         "vigie_dns_request_duration_seconds",
         "Time to answer a DNS query, by how it was answered.",
         &["path"],
-        vec![0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+        vec![
+            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+            0.25, 0.5, 1.0, 2.5,
+        ],
     )
 });
 
 /// Packets that are not a well-formed DNS query, by what was done (`formerr`, `dropped`).
 pub static DNS_MALFORMED_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec("vigie_dns_malformed_total", "Malformed DNS packets, by action taken.", &["action"])
+    counter_vec(
+        "vigie_dns_malformed_total",
+        "Malformed DNS packets, by action taken.",
+        &["action"],
+    )
 });
 
 /// Queries refused, by reason (`client_network`: the source is not in `client_networks`;
 /// `zone_transfer`; `class`; `rate_limit` on TCP).
-pub static DNS_REFUSED_TOTAL: LazyLock<IntCounterVec> =
-    LazyLock::new(|| counter_vec("vigie_dns_refused_total", "DNS queries refused, by reason.", &["reason"]));
+pub static DNS_REFUSED_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "vigie_dns_refused_total",
+        "DNS queries refused, by reason.",
+        &["reason"],
+    )
+});
 
 /// Queries dropped or refused because their client exceeded its rate limit.
 pub static DNS_RATE_LIMITED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     register(
-        prometheus::IntCounter::new("vigie_dns_rate_limited_total", "DNS queries over a client's rate limit (dropped on UDP, refused on TCP).")
-            .unwrap_or_else(|e| panic!("vigie_dns_rate_limited_total: {e}")),
+        prometheus::IntCounter::new(
+            "vigie_dns_rate_limited_total",
+            "DNS queries over a client's rate limit (dropped on UDP, refused on TCP).",
+        )
+        .unwrap_or_else(|e| panic!("vigie_dns_rate_limited_total: {e}")),
     )
 });
 
 /// Answers cut to a header and question with TC set because they did not fit in UDP.
 pub static DNS_TRUNCATED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     register(
-        prometheus::IntCounter::new("vigie_dns_truncated_total", "DNS answers truncated (TC) to fit the client's UDP size.")
-            .unwrap_or_else(|e| panic!("vigie_dns_truncated_total: {e}")),
+        prometheus::IntCounter::new(
+            "vigie_dns_truncated_total",
+            "DNS answers truncated (TC) to fit the client's UDP size.",
+        )
+        .unwrap_or_else(|e| panic!("vigie_dns_truncated_total: {e}")),
     )
 });
 
 /// Answer cache lookups, by result (`hit`, `miss`).
-pub static DNS_CACHE_TOTAL: LazyLock<IntCounterVec> =
-    LazyLock::new(|| counter_vec("vigie_dns_cache_total", "DNS answer cache lookups, by result.", &["result"]));
+pub static DNS_CACHE_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "vigie_dns_cache_total",
+        "DNS answer cache lookups, by result.",
+        &["result"],
+    )
+});
 
 /// Answers held in the cache.
 pub static DNS_CACHE_ENTRIES: LazyLock<IntGauge> = LazyLock::new(|| {
-    register(IntGauge::new("vigie_dns_cache_entries", "Answers held in the DNS cache.").unwrap_or_else(|e| panic!("vigie_dns_cache_entries: {e}")))
+    register(
+        IntGauge::new("vigie_dns_cache_entries", "Answers held in the DNS cache.")
+            .unwrap_or_else(|e| panic!("vigie_dns_cache_entries: {e}")),
+    )
 });
 
 /// Upstream exchanges, by result (`ok`, `nxdomain`, `nodata`, `timeout`, `error`).
-pub static DNS_UPSTREAM_TOTAL: LazyLock<IntCounterVec> =
-    LazyLock::new(|| counter_vec("vigie_dns_upstream_total", "Queries forwarded upstream, by result.", &["result"]));
+pub static DNS_UPSTREAM_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "vigie_dns_upstream_total",
+        "Queries forwarded upstream, by result.",
+        &["result"],
+    )
+});
 
 /// Time the upstreams took to answer (or fail).
 pub static DNS_UPSTREAM_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     histogram(
         "vigie_dns_upstream_duration_seconds",
         "Time the upstream resolvers took to answer.",
-        vec![0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+        vec![
+            0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ],
     )
 });
 
 /// Allowed names whose upstream answer went through a blocked name (CNAME cloaking).
 pub static DNS_CNAME_BLOCKED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     register(
-        prometheus::IntCounter::new("vigie_dns_cname_blocked_total", "Answers blocked because their CNAME chain reached a blocked name.")
-            .unwrap_or_else(|e| panic!("vigie_dns_cname_blocked_total: {e}")),
+        prometheus::IntCounter::new(
+            "vigie_dns_cname_blocked_total",
+            "Answers blocked because their CNAME chain reached a blocked name.",
+        )
+        .unwrap_or_else(|e| panic!("vigie_dns_cname_blocked_total: {e}")),
     )
 });
 
@@ -149,14 +234,23 @@ pub static DNS_CNAME_BLOCKED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock:
 
 /// Audit events accepted onto the queue.
 pub static AUDIT_EVENTS_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
-    register(prometheus::IntCounter::new("vigie_audit_events_total", "Audit events queued for writing.").unwrap_or_else(|e| panic!("vigie_audit_events_total: {e}")))
+    register(
+        prometheus::IntCounter::new(
+            "vigie_audit_events_total",
+            "Audit events queued for writing.",
+        )
+        .unwrap_or_else(|e| panic!("vigie_audit_events_total: {e}")),
+    )
 });
 
 /// Audit events lost because the queue was full (the hot path never waits for the disk).
 pub static AUDIT_DROPPED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     register(
-        prometheus::IntCounter::new("vigie_audit_dropped_total", "Audit events dropped because the queue was full.")
-            .unwrap_or_else(|e| panic!("vigie_audit_dropped_total: {e}")),
+        prometheus::IntCounter::new(
+            "vigie_audit_dropped_total",
+            "Audit events dropped because the queue was full.",
+        )
+        .unwrap_or_else(|e| panic!("vigie_audit_dropped_total: {e}")),
     )
 });
 
@@ -164,15 +258,21 @@ pub static AUDIT_DROPPED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new
 /// Audit events deleted by retention.
 pub static AUDIT_PURGED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     register(
-        prometheus::IntCounter::new("vigie_audit_purged_total", "Audit events deleted by retention.")
-            .unwrap_or_else(|e| panic!("vigie_audit_purged_total: {e}")),
+        prometheus::IntCounter::new(
+            "vigie_audit_purged_total",
+            "Audit events deleted by retention.",
+        )
+        .unwrap_or_else(|e| panic!("vigie_audit_purged_total: {e}")),
     )
 });
 
 pub static AUDIT_WRITE_ERRORS_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     register(
-        prometheus::IntCounter::new("vigie_audit_write_errors_total", "Audit events that could not be written.")
-            .unwrap_or_else(|e| panic!("vigie_audit_write_errors_total: {e}")),
+        prometheus::IntCounter::new(
+            "vigie_audit_write_errors_total",
+            "Audit events that could not be written.",
+        )
+        .unwrap_or_else(|e| panic!("vigie_audit_write_errors_total: {e}")),
     )
 });
 
@@ -180,40 +280,64 @@ pub static AUDIT_WRITE_ERRORS_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock
 
 /// Proxy requests by door (`http`, `connect`, `transparent_http`, `transparent_tls`)
 /// and outcome (`allow`, `block`, `safe_search`, `refused`).
-pub static PROXY_REQUESTS_TOTAL: LazyLock<IntCounterVec> =
-    LazyLock::new(|| counter_vec("vigie_proxy_requests_total", "Proxy requests by kind and verdict.", &["kind", "verdict"]));
+pub static PROXY_REQUESTS_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "vigie_proxy_requests_total",
+        "Proxy requests by kind and verdict.",
+        &["kind", "verdict"],
+    )
+});
 
 /// Requests the proxy refused itself, by reason (`client_network`, `auth`, `auth_throttled`,
 /// `internal`, `own`, `port`, `not_tls`, `bad_request`, `dns`, `upstream`,
 /// `upstream_timeout`, `no_original_dst`).
-pub static PROXY_REFUSED_TOTAL: LazyLock<IntCounterVec> =
-    LazyLock::new(|| counter_vec("vigie_proxy_refused_total", "Proxy requests refused by the proxy itself, by reason.", &["reason"]));
+pub static PROXY_REFUSED_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "vigie_proxy_refused_total",
+        "Proxy requests refused by the proxy itself, by reason.",
+        &["reason"],
+    )
+});
 
 /// Tunnels refused because they did not carry TLS or tried to hide their name, by
 /// protocol seen (`ssh`, `openvpn`, `bittorrent`, `http`, `unknown`, `silent`,
 /// `malformed_tls`, `sni_mismatch`).
 pub static PROXY_CIRCUMVENTION_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec("vigie_proxy_circumvention_total", "Tunnels refused as circumvention, by protocol seen.", &["protocol"])
+    counter_vec(
+        "vigie_proxy_circumvention_total",
+        "Tunnels refused as circumvention, by protocol seen.",
+        &["protocol"],
+    )
 });
 
 /// Connections open now, by kind (`client`: client connections; `tunnel`: spliced
 /// CONNECT/WebSocket/transparent TLS tunnels).
 pub static PROXY_ACTIVE_CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register(
-        IntGaugeVec::new(Opts::new("vigie_proxy_active_connections", "Proxy connections open now, by kind."), &["kind"])
-            .unwrap_or_else(|e| panic!("vigie_proxy_active_connections: {e}")),
+        IntGaugeVec::new(
+            Opts::new(
+                "vigie_proxy_active_connections",
+                "Proxy connections open now, by kind.",
+            ),
+            &["kind"],
+        )
+        .unwrap_or_else(|e| panic!("vigie_proxy_active_connections: {e}")),
     )
 });
 
 /// Time to open a TCP connection to an origin (resolution excluded), by result.
-pub static PROXY_UPSTREAM_CONNECT_SECONDS: LazyLock<prometheus::HistogramVec> = LazyLock::new(|| {
-    histogram_vec(
-        "vigie_proxy_upstream_connect_seconds",
-        "Time to connect to an origin, by result.",
-        &["result"],
-        vec![0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
-    )
-});
+pub static PROXY_UPSTREAM_CONNECT_SECONDS: LazyLock<prometheus::HistogramVec> =
+    LazyLock::new(|| {
+        histogram_vec(
+            "vigie_proxy_upstream_connect_seconds",
+            "Time to connect to an origin, by result.",
+            &["result"],
+            vec![
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5, 5.0,
+            ],
+        )
+    });
 
 /// Time from a request's arrival to the origin's response head, by kind.
 pub static PROXY_RESPONSE_SECONDS: LazyLock<prometheus::HistogramVec> = LazyLock::new(|| {
@@ -221,17 +345,30 @@ pub static PROXY_RESPONSE_SECONDS: LazyLock<prometheus::HistogramVec> = LazyLock
         "vigie_proxy_response_seconds",
         "Time from request to the origin's response head, by kind.",
         &["kind"],
-        vec![0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        vec![
+            0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            5.0, 10.0,
+        ],
     )
 });
 
 /// Body bytes of forwarded HTTP requests (`up`) and responses (`down`).
-pub static PROXY_HTTP_BYTES_TOTAL: LazyLock<IntCounterVec> =
-    LazyLock::new(|| counter_vec("vigie_proxy_http_bytes_total", "HTTP body bytes through the proxy, by direction.", &["direction"]));
+pub static PROXY_HTTP_BYTES_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "vigie_proxy_http_bytes_total",
+        "HTTP body bytes through the proxy, by direction.",
+        &["direction"],
+    )
+});
 
 /// Bytes through tunnels (CONNECT, WebSocket, transparent TLS), by direction.
-pub static PROXY_TUNNEL_BYTES_TOTAL: LazyLock<IntCounterVec> =
-    LazyLock::new(|| counter_vec("vigie_proxy_tunnel_bytes_total", "Bytes through proxy tunnels, by direction.", &["direction"]));
+pub static PROXY_TUNNEL_BYTES_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "vigie_proxy_tunnel_bytes_total",
+        "Bytes through proxy tunnels, by direction.",
+        &["direction"],
+    )
+});
 
 /// Renders every registered metric in the Prometheus text format.
 pub fn render() -> String {
@@ -285,7 +422,10 @@ mod tests {
         super::init();
         super::RELOAD_TOTAL.with_label_values(&["accepted"]).inc();
         let text = super::render();
-        assert!(text.contains("vigie_reload_total{result=\"accepted\"} 1"), "{text}");
+        assert!(
+            text.contains("vigie_reload_total{result=\"accepted\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE vigie_snapshot_build_seconds histogram"));
     }
 }

@@ -20,9 +20,9 @@ use crate::metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigErrors),
-    #[error("{0}")]
+    #[error(transparent)]
     Lists(#[from] ListError),
 }
 
@@ -110,8 +110,16 @@ impl Snapshot {
         let default_cache = config.data_dir.as_ref().map(|d| d.join("cache"));
         let cache = cache_dir.or(default_cache.as_deref());
         let lists = Lists::compile(&config.sources, cache)?;
-        let allow = config.profiles.iter().map(|p| Overrides::compile(&p.allow)).collect();
-        let deny = config.profiles.iter().map(|p| Overrides::compile(&p.deny)).collect();
+        let allow = config
+            .profiles
+            .iter()
+            .map(|p| Overrides::compile(&p.allow))
+            .collect();
+        let deny = config
+            .profiles
+            .iter()
+            .map(|p| Overrides::compile(&p.deny))
+            .collect();
         Ok(Snapshot {
             config,
             lists,
@@ -149,14 +157,22 @@ impl Snapshot {
     /// Exports the sizes of this snapshot's lists (call when it goes into service).
     pub fn publish_metrics(&self) {
         metrics::SNAPSHOT_VERSION.set(self.version as i64);
-        metrics::LIST_ENTRIES.with_label_values(&["domain"]).set(self.lists.domains.len() as i64);
-        metrics::LIST_ENTRIES.with_label_values(&["url"]).set(self.lists.urls.len() as i64);
-        metrics::LIST_ENTRIES.with_label_values(&["ip"]).set(self.lists.ips.len() as i64);
+        metrics::LIST_ENTRIES
+            .with_label_values(&["domain"])
+            .set(self.lists.domains.len() as i64);
+        metrics::LIST_ENTRIES
+            .with_label_values(&["url"])
+            .set(self.lists.urls.len() as i64);
+        metrics::LIST_ENTRIES
+            .with_label_values(&["ip"])
+            .set(self.lists.ips.len() as i64);
         for s in &self.lists.report.sources {
             // A counter of lines rejected by loads put in service: a list that
             // degrades between updates shows as a rising rate.
             let path = s.path.display().to_string();
-            metrics::LIST_BAD_LINES.with_label_values(&[path.as_str()]).inc_by(s.bad_lines as u64);
+            metrics::LIST_BAD_LINES
+                .with_label_values(&[path.as_str()])
+                .inc_by(s.bad_lines as u64);
         }
     }
 
@@ -206,7 +222,10 @@ impl SnapshotStore {
 
     /// Builds a replacement with `build`; on success swaps it in, on failure keeps
     /// the current snapshot and returns the error.
-    pub fn reload<E>(&self, build: impl FnOnce() -> Result<Snapshot, E>) -> Result<Arc<Snapshot>, E> {
+    pub fn reload<E>(
+        &self,
+        build: impl FnOnce() -> Result<Snapshot, E>,
+    ) -> Result<Arc<Snapshot>, E> {
         let next = Arc::new(build()?);
         next.publish_metrics();
         self.current.store(next.clone());
@@ -246,14 +265,29 @@ mod tests {
 
     #[test]
     fn failed_reload_keeps_the_old_snapshot() {
-        let cfg = |tz: &str| config::parse(&format!("timezone = \"{tz}\"\n[profiles.invites]\n"), "t.toml", Path::new("/"));
-        let store = SnapshotStore::new(Snapshot::build(cfg("America/Toronto").unwrap(), None).unwrap());
+        let cfg = |tz: &str| {
+            config::parse(
+                &format!("timezone = \"{tz}\"\n[profiles.invites]\n"),
+                "t.toml",
+                Path::new("/"),
+            )
+        };
+        let store =
+            SnapshotStore::new(Snapshot::build(cfg("America/Toronto").unwrap(), None).unwrap());
         let before = store.load();
-        let err = store.reload(|| cfg("Mars/Olympus").map_err(SnapshotError::from).and_then(|c| Snapshot::build(c, None)));
+        let err = store.reload(|| {
+            cfg("Mars/Olympus")
+                .map_err(SnapshotError::from)
+                .and_then(|c| Snapshot::build(c, None))
+        });
         assert!(err.is_err());
         assert_eq!(store.load().version, before.version);
         let next = store
-            .reload(|| cfg("Europe/Paris").map_err(SnapshotError::from).and_then(|c| Snapshot::build(c, None)))
+            .reload(|| {
+                cfg("Europe/Paris")
+                    .map_err(SnapshotError::from)
+                    .and_then(|c| Snapshot::build(c, None))
+            })
             .unwrap();
         assert!(next.version > before.version);
         assert_eq!(store.load().config.timezone, chrono_tz::Europe::Paris);

@@ -26,7 +26,11 @@ fn every_blocked_query_reaches_the_store() {
     let status = vigie.stop();
     assert!(status.success(), "clean shutdown: {status:?}");
     let mut store = SqliteStore::open(&dir.path().join("audit.db")).unwrap();
-    assert_eq!(store.count().unwrap(), N as u64, "every blocked query recorded, none dropped");
+    assert_eq!(
+        store.count().unwrap(),
+        N as u64,
+        "every blocked query recorded, none dropped"
+    );
     let top = store
         .top_blocked_domains(
             vigie::audit::store::Period {
@@ -70,7 +74,9 @@ fn kill_9_loses_at_most_the_last_second_and_never_corrupts() {
 
     let db = dir.path().join("audit.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
-    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok");
     drop(conn);
     let mut store = SqliteStore::open(&db).unwrap();
@@ -116,12 +122,22 @@ fn purge_command_applies_retention() {
         s.insert_batch(&[old, recent]).unwrap();
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigie"))
-        .env("VIGIE_LISTS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/blocklists"))
+        .env(
+            "VIGIE_LISTS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/blocklists"),
+        )
         .args(["audit", "purge", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 audit events older than 90 days deleted");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1 audit events older than 90 days deleted"
+    );
     assert_eq!(SqliteStore::open(&db).unwrap().count().unwrap(), 1);
 }

@@ -25,19 +25,27 @@ impl Drop for Server {
 
 fn pg_bin(name: &str) -> PathBuf {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL server not installed (Debian package postgresql; tests/run installs it)")
+        .expect(
+            "PostgreSQL server not installed (Debian package postgresql; tests/run installs it)",
+        )
         .filter_map(|e| e.ok())
         .map(|e| e.path().join("bin").join(name))
         .filter(|p| p.exists())
         .collect();
     found.sort();
-    found.pop().unwrap_or_else(|| panic!("{name} not found under /usr/lib/postgresql/*/bin"))
+    found
+        .pop()
+        .unwrap_or_else(|| panic!("{name} not found under /usr/lib/postgresql/*/bin"))
 }
 
 /// Runs `cmd` as the `postgres` system user when we are root (PostgreSQL refuses
 /// to run as root), as ourselves otherwise.
 fn as_pg_user(program: &Path) -> Command {
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
     if root {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
@@ -48,7 +56,11 @@ fn as_pg_user(program: &Path) -> Command {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start() -> Server {
@@ -56,26 +68,54 @@ fn start() -> Server {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let data = dir.path().join("data");
     let out = as_pg_user(&pg_bin("initdb"))
-        .args(["-A", "trust", "-U", "vigie", "-E", "UTF8", "--no-sync", "-D"])
+        .args([
+            "-A",
+            "trust",
+            "-U",
+            "vigie",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "-D",
+        ])
         .arg(&data)
         .output()
         .unwrap();
-    assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let port = free_port();
     let child = as_pg_user(&pg_bin("postgres"))
         .arg("-D")
         .arg(&data)
-        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-k"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-k",
+        ])
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Server { child, _dir: dir, port }
+    Server {
+        child,
+        _dir: dir,
+        port,
+    }
 }
 
 fn connect(server: &Server) -> PgStore {
-    let url = format!("host=127.0.0.1 port={} user=vigie dbname=postgres", server.port);
+    let url = format!(
+        "host=127.0.0.1 port={} user=vigie dbname=postgres",
+        server.port
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match PgStore::connect(&url) {
@@ -102,10 +142,17 @@ fn postgres_store_conformance() {
 #[test]
 fn unreachable_server_is_a_clear_error() {
     let port = free_port();
-    let err = PgStore::connect(&format!("host=127.0.0.1 port={port} user=vigie password=hunter2 connect_timeout=2"))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(err.starts_with(&format!("audit store host=127.0.0.1 port={port} user=vigie")), "{err}");
+    let err = PgStore::connect(&format!(
+        "host=127.0.0.1 port={port} user=vigie password=hunter2 connect_timeout=2"
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "audit store host=127.0.0.1 port={port} user=vigie"
+        )),
+        "{err}"
+    );
     assert!(!err.contains("hunter2"), "{err}");
 }

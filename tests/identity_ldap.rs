@@ -24,7 +24,11 @@ impl Drop for Slapd {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_slapd() -> Slapd {
@@ -74,7 +78,11 @@ access to * by * read
         .arg(dir.path().join("init.ldif"))
         .output()
         .expect("slapadd (Debian package slapd; tests/run installs it)");
-    assert!(out.status.success(), "slapadd: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "slapadd: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let port = free_port();
     let child = Command::new("/usr/sbin/slapd")
         .arg("-f")
@@ -109,19 +117,41 @@ fn settings(slapd: &Slapd, extra: &str) -> config::LdapSettings {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_groups_profiles_and_cache() {
     let mut slapd = start_slapd();
-    let auth = LdapAuthenticator::new(settings(&slapd, &format!("user_dn = \"uid={{user}},ou=people,{SUFFIX}\""))).unwrap();
+    let auth = LdapAuthenticator::new(settings(
+        &slapd,
+        &format!("user_dn = \"uid={{user}},ou=people,{SUFFIX}\""),
+    ))
+    .unwrap();
 
-    let who = auth.authenticate("eleve1", "motdepasse-eleve").await.unwrap();
+    let who = auth
+        .authenticate("eleve1", "motdepasse-eleve")
+        .await
+        .unwrap();
     assert_eq!(who.dn, format!("uid=eleve1,ou=people,{SUFFIX}"));
-    assert_eq!(who.profile.as_deref(), Some("eleves"), "group DN matched case-insensitively");
-    let prof = auth.authenticate("mtremblay", "motdepasse-prof").await.unwrap();
+    assert_eq!(
+        who.profile.as_deref(),
+        Some("eleves"),
+        "group DN matched case-insensitively"
+    );
+    let prof = auth
+        .authenticate("mtremblay", "motdepasse-prof")
+        .await
+        .unwrap();
     assert_eq!(prof.profile.as_deref(), Some("personnel"));
     let none = auth.authenticate("nogroup", "motdepasse-x").await.unwrap();
     assert_eq!(none.profile, None);
 
-    for (user, pw) in [("eleve1", "mauvais"), ("inconnu", "x"), ("eleve1", ""), ("eleve1)(uid=*", "x")] {
+    for (user, pw) in [
+        ("eleve1", "mauvais"),
+        ("inconnu", "x"),
+        ("eleve1", ""),
+        ("eleve1)(uid=*", "x"),
+    ] {
         assert!(
-            matches!(auth.authenticate(user, pw).await, Err(LdapError::InvalidCredentials)),
+            matches!(
+                auth.authenticate(user, pw).await,
+                Err(LdapError::InvalidCredentials)
+            ),
             "{user}/{pw} must be refused"
         );
     }
@@ -130,7 +160,14 @@ async fn bind_groups_profiles_and_cache() {
     // the cache.
     let _ = slapd.child.kill();
     let _ = slapd.child.wait();
-    assert_eq!(auth.authenticate("eleve1", "motdepasse-eleve").await.unwrap().profile.as_deref(), Some("eleves"));
+    assert_eq!(
+        auth.authenticate("eleve1", "motdepasse-eleve")
+            .await
+            .unwrap()
+            .profile
+            .as_deref(),
+        Some("eleves")
+    );
     assert!(auth.authenticate("eleve1", "mauvais").await.is_err());
 }
 
@@ -142,10 +179,16 @@ async fn search_with_service_account() {
         "base_dn = \"ou=people,{SUFFIX}\"\nuser_filter = \"(uid={{user}})\"\nbind_dn = \"cn=admin,{SUFFIX}\"\nbind_password_file = \"bind.pw\""
     );
     let auth = LdapAuthenticator::new(settings(&slapd, &extra)).unwrap();
-    let who = auth.authenticate("mtremblay", "motdepasse-prof").await.unwrap();
+    let who = auth
+        .authenticate("mtremblay", "motdepasse-prof")
+        .await
+        .unwrap();
     assert_eq!(who.dn, format!("uid=mtremblay,ou=people,{SUFFIX}"));
     assert_eq!(who.profile.as_deref(), Some("personnel"));
-    assert!(matches!(auth.authenticate("personne", "x").await, Err(LdapError::InvalidCredentials)));
+    assert!(matches!(
+        auth.authenticate("personne", "x").await,
+        Err(LdapError::InvalidCredentials)
+    ));
 }
 
 #[test]

@@ -188,7 +188,9 @@ pub fn attach_store(
         (AuditStoreKind::Postgres, _) => Some(Box::new(postgres::PgStore::connect(
             settings.postgres_url.as_deref().unwrap_or_default(),
         )?)),
-        (AuditStoreKind::Sqlite, Some(dir)) => Some(Box::new(store::SqliteStore::open(&dir.join("audit.db"))?)),
+        (AuditStoreKind::Sqlite, Some(dir)) => {
+            Some(Box::new(store::SqliteStore::open(&dir.join("audit.db"))?))
+        }
         // No data directory: nowhere to keep a database (events still reach the log).
         (AuditStoreKind::Sqlite, None) | (AuditStoreKind::None, _) => None,
     };
@@ -290,7 +292,10 @@ impl Writer {
                     Ok(n) => {
                         metrics::AUDIT_PURGED_TOTAL.inc_by(n as u64);
                         if n > 0 {
-                            tracing::info!(purged = n, "audit retention: events before {before} deleted");
+                            tracing::info!(
+                                purged = n,
+                                "audit retention: events before {before} deleted"
+                            );
                         }
                     }
                     Err(e) => tracing::error!("audit retention failed: {e}"),
@@ -319,7 +324,10 @@ impl Writer {
                 self.store = Some(store);
                 if let Err(e) = r {
                     metrics::AUDIT_WRITE_ERRORS_TOTAL.inc_by(n as u64);
-                    tracing::error!(events = n, "audit store write failed, events spilled to the log: {e}");
+                    tracing::error!(
+                        events = n,
+                        "audit store write failed, events spilled to the log: {e}"
+                    );
                     for ev in &events {
                         if let Ok(line) = serde_json::to_string(ev) {
                             tracing::warn!(target: "vigie::audit", "{line}");

@@ -6,8 +6,8 @@
 //! fixes a file in one pass. This module does not compile lists or decide anything;
 //! `policy::Snapshot` builds on the `Config` it returns.
 
-mod schema;
 mod schedule;
+mod schema;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -16,8 +16,10 @@ use chrono_tz::Tz;
 use ipnet::IpNet;
 use toml::Spanned;
 
-pub use schema::{Action, AuditStoreKind, BlockMode, DEFAULT_CLIENT_NETWORKS, RawConfig, SafeSearch, SniMismatch};
 pub use schedule::{Schedule, parse_days, parse_time_range};
+pub use schema::{
+    Action, AuditStoreKind, BlockMode, DEFAULT_CLIENT_NETWORKS, RawConfig, SafeSearch, SniMismatch,
+};
 
 use crate::lists::{CatSet, CategoryId, SourceId, SourceSpec};
 
@@ -40,7 +42,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
     }
 }
 
@@ -77,7 +83,10 @@ pub struct Category {
 pub enum Override {
     Domain(String),
     /// Host (normalised, without `www.`) and path prefix (starts with `/`).
-    Url { host: String, path: String },
+    Url {
+        host: String,
+        path: String,
+    },
 }
 
 impl fmt::Display for Override {
@@ -408,7 +417,11 @@ impl Validator<'_> {
         // embedded default, with the shipped lists.
         let mut lists_base = raw.lists_dir.as_deref().map(|d| {
             let d = Path::new(d);
-            if d.is_absolute() { d.to_path_buf() } else { base_dir.join(d) }
+            if d.is_absolute() {
+                d.to_path_buf()
+            } else {
+                base_dir.join(d)
+            }
         });
         // Own categories with no lists stay list-less: the default lists name
         // categories such a file may not have.
@@ -452,7 +465,9 @@ impl Validator<'_> {
             if !valid_ident(id) {
                 self.error_at(
                     c.id.span(),
-                    format!("invalid category id \"{id}\": use lowercase letters, digits, '_' or '-'"),
+                    format!(
+                        "invalid category id \"{id}\": use lowercase letters, digits, '_' or '-'"
+                    ),
                 );
             }
             categories.push(Category {
@@ -466,7 +481,11 @@ impl Validator<'_> {
         if categories.len() > CatSet::MAX {
             self.error_at(
                 0..0,
-                format!("too many categories ({}, at most {})", categories.len(), CatSet::MAX),
+                format!(
+                    "too many categories ({}, at most {})",
+                    categories.len(),
+                    CatSet::MAX
+                ),
             );
         }
         let names: Vec<String> = categories.iter().map(|c| c.id.clone()).collect();
@@ -527,8 +546,16 @@ impl Validator<'_> {
                     block.insert(id);
                 }
             }
-            let allow = p.allow.iter().filter_map(|o| self.override_entry(o)).collect();
-            let deny = p.deny.iter().filter_map(|o| self.override_entry(o)).collect();
+            let allow = p
+                .allow
+                .iter()
+                .filter_map(|o| self.override_entry(o))
+                .collect();
+            let deny = p
+                .deny
+                .iter()
+                .filter_map(|o| self.override_entry(o))
+                .collect();
             let mut rules: Vec<(Rule, std::ops::Range<usize>)> = Vec::new();
             for r in &p.rules {
                 let mut cats = CatSet::EMPTY;
@@ -542,7 +569,8 @@ impl Validator<'_> {
                     Some(s) => match schedule_names.iter().position(|n| n == s.get_ref()) {
                         Some(i) => Some(i),
                         None => {
-                            let hint = suggest(s.get_ref(), schedule_names.iter().map(String::as_str));
+                            let hint =
+                                suggest(s.get_ref(), schedule_names.iter().map(String::as_str));
                             self.error_at(
                                 s.span(),
                                 format!("unknown schedule \"{}\" in {what}{hint}", s.get_ref()),
@@ -607,10 +635,18 @@ impl Validator<'_> {
         }
         mappings.sort_by_key(|m| std::cmp::Reverse(m.net.prefix_len()));
 
-        let ldap = raw.ldap.as_ref().and_then(|l| self.ldap(l, &profile_names, base_dir));
+        let ldap = raw
+            .ldap
+            .as_ref()
+            .and_then(|l| self.ldap(l, &profile_names, base_dir));
         let audit = self.audit(&raw.audit, base_dir);
 
-        let dns_upstreams = raw.dns.upstreams.iter().map(|u| u.get_ref().clone()).collect();
+        let dns_upstreams = raw
+            .dns
+            .upstreams
+            .iter()
+            .map(|u| u.get_ref().clone())
+            .collect();
         let dns = self.dns(&raw.dns);
         let proxy = self.proxy(&raw.proxy, base_dir);
 
@@ -641,22 +677,43 @@ impl Validator<'_> {
     }
 
     fn dns(&mut self, raw: &schema::RawDns) -> DnsConfig {
-        let block_page_ipv4 = raw.block_page_ipv4.as_ref().and_then(|s| match s.get_ref().trim().parse() {
-            Ok(ip) => Some(ip),
-            Err(_) => {
-                self.error_at(s.span(), format!("invalid IPv4 address \"{}\" for dns.block_page_ipv4", s.get_ref()));
-                None
-            }
-        });
-        let block_page_ipv6 = raw.block_page_ipv6.as_ref().and_then(|s| match s.get_ref().trim().parse() {
-            Ok(ip) => Some(ip),
-            Err(_) => {
-                self.error_at(s.span(), format!("invalid IPv6 address \"{}\" for dns.block_page_ipv6", s.get_ref()));
-                None
-            }
-        });
+        let block_page_ipv4 =
+            raw.block_page_ipv4
+                .as_ref()
+                .and_then(|s| match s.get_ref().trim().parse() {
+                    Ok(ip) => Some(ip),
+                    Err(_) => {
+                        self.error_at(
+                            s.span(),
+                            format!(
+                                "invalid IPv4 address \"{}\" for dns.block_page_ipv4",
+                                s.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                });
+        let block_page_ipv6 =
+            raw.block_page_ipv6
+                .as_ref()
+                .and_then(|s| match s.get_ref().trim().parse() {
+                    Ok(ip) => Some(ip),
+                    Err(_) => {
+                        self.error_at(
+                            s.span(),
+                            format!(
+                                "invalid IPv6 address \"{}\" for dns.block_page_ipv6",
+                                s.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                });
         if raw.rate_limit_qps > 0 && raw.rate_limit_burst == 0 {
-            self.error_at(0..0, "dns.rate_limit_burst must be at least 1 when dns.rate_limit_qps is set");
+            self.error_at(
+                0..0,
+                "dns.rate_limit_burst must be at least 1 when dns.rate_limit_qps is set",
+            );
         }
         if raw.upstream_timeout_ms == 0 {
             self.error_at(0..0, "dns.upstream_timeout_ms must be at least 1");
@@ -692,37 +749,81 @@ impl Validator<'_> {
         }
         // hyper cannot read a request head in less than this; smaller would refuse everything.
         if raw.max_header_bytes < 8192 {
-            self.error_at(0..0, format!("proxy.max_header_bytes must be at least 8192 (got {})", raw.max_header_bytes));
+            self.error_at(
+                0..0,
+                format!(
+                    "proxy.max_header_bytes must be at least 8192 (got {})",
+                    raw.max_header_bytes
+                ),
+            );
         }
         if raw.connect_ports.contains(&0) {
             self.error_at(0..0, "proxy.connect_ports: 0 is not a port");
         }
-        let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        };
         if !token(&raw.via_name) {
-            self.error_at(0..0, format!("proxy.via_name \"{}\" must be letters, digits, '-', '.' or '_'", raw.via_name));
+            self.error_at(
+                0..0,
+                format!(
+                    "proxy.via_name \"{}\" must be letters, digits, '-', '.' or '_'",
+                    raw.via_name
+                ),
+            );
         }
         if raw.auth_realm.contains(['"', '\\']) || raw.auth_realm.chars().any(char::is_control) {
-            self.error_at(0..0, "proxy.auth_realm must not contain quotes, backslashes or control characters");
+            self.error_at(
+                0..0,
+                "proxy.auth_realm must not contain quotes, backslashes or control characters",
+            );
         }
         if let Some(u) = &raw.review_url
             && !(u.starts_with("http://") || u.starts_with("https://"))
         {
-            self.error_at(0..0, format!("proxy.review_url \"{u}\" must start with http:// or https://"));
+            self.error_at(
+                0..0,
+                format!("proxy.review_url \"{u}\" must start with http:// or https://"),
+            );
         }
-        let internal_networks = raw.internal_networks.iter().filter_map(|s| self.cidr(s)).collect();
-        let auth_required_networks = raw.auth_required_networks.iter().filter_map(|s| self.cidr(s)).collect();
-        let listen = |v: &mut Self, s: &Option<Spanned<String>>, key: &str| -> Option<std::net::SocketAddr> {
+        let internal_networks = raw
+            .internal_networks
+            .iter()
+            .filter_map(|s| self.cidr(s))
+            .collect();
+        let auth_required_networks = raw
+            .auth_required_networks
+            .iter()
+            .filter_map(|s| self.cidr(s))
+            .collect();
+        let listen = |v: &mut Self,
+                      s: &Option<Spanned<String>>,
+                      key: &str|
+         -> Option<std::net::SocketAddr> {
             let s = s.as_ref()?;
             match s.get_ref().trim().parse() {
                 Ok(a) => Some(a),
                 Err(_) => {
-                    v.error_at(s.span(), format!("invalid address \"{}\" for proxy.{key} (expected e.g. 0.0.0.0:3129)", s.get_ref()));
+                    v.error_at(
+                        s.span(),
+                        format!(
+                            "invalid address \"{}\" for proxy.{key} (expected e.g. 0.0.0.0:3129)",
+                            s.get_ref()
+                        ),
+                    );
                     None
                 }
             }
         };
-        let transparent_http_listen = listen(self, &raw.transparent_http_listen, "transparent_http_listen");
-        let transparent_tls_listen = listen(self, &raw.transparent_tls_listen, "transparent_tls_listen");
+        let transparent_http_listen = listen(
+            self,
+            &raw.transparent_http_listen,
+            "transparent_http_listen",
+        );
+        let transparent_tls_listen =
+            listen(self, &raw.transparent_tls_listen, "transparent_tls_listen");
         ProxyConfig {
             connect_ports: raw.connect_ports.clone(),
             max_connections: raw.max_connections,
@@ -750,13 +851,21 @@ impl Validator<'_> {
         }
     }
 
-    fn category(&mut self, names: &[String], c: &Spanned<String>, what: &str) -> Option<CategoryId> {
+    fn category(
+        &mut self,
+        names: &[String],
+        c: &Spanned<String>,
+        what: &str,
+    ) -> Option<CategoryId> {
         let name = c.get_ref();
         match names.iter().position(|n| n == name) {
             Some(i) => Some(i as CategoryId),
             None => {
                 let hint = suggest(name, names.iter().map(String::as_str));
-                self.error_at(c.span(), format!("unknown category \"{name}\" in {what}{hint}"));
+                self.error_at(
+                    c.span(),
+                    format!("unknown category \"{name}\" in {what}{hint}"),
+                );
                 None
             }
         }
@@ -768,7 +877,10 @@ impl Validator<'_> {
             Some(i) => Some(i as ProfileId),
             None => {
                 let hint = suggest(name, names.iter().map(String::as_str));
-                self.error_at(p.span(), format!("unknown profile \"{name}\" in {what}{hint}"));
+                self.error_at(
+                    p.span(),
+                    format!("unknown profile \"{name}\" in {what}{hint}"),
+                );
                 None
             }
         }
@@ -790,7 +902,10 @@ impl Validator<'_> {
             }
         }
         if a.store == AuditStoreKind::Postgres && url.is_none() {
-            self.error_at(0..0, "[audit] store = \"postgres\" needs postgres_url or postgres_url_file");
+            self.error_at(
+                0..0,
+                "[audit] store = \"postgres\" needs postgres_url or postgres_url_file",
+            );
         }
         AuditSettings {
             store: a.store,
@@ -799,10 +914,18 @@ impl Validator<'_> {
         }
     }
 
-    fn ldap(&mut self, l: &schema::RawLdap, profiles: &[String], base_dir: &Path) -> Option<LdapSettings> {
+    fn ldap(
+        &mut self,
+        l: &schema::RawLdap,
+        profiles: &[String],
+        base_dir: &Path,
+    ) -> Option<LdapSettings> {
         let url = l.url.get_ref();
         if !(url.starts_with("ldap://") || url.starts_with("ldaps://")) {
-            self.error_at(l.url.span(), format!("invalid LDAP url \"{url}\" (expected ldaps://host or ldap://host)"));
+            self.error_at(
+                l.url.span(),
+                format!("invalid LDAP url \"{url}\" (expected ldaps://host or ldap://host)"),
+            );
         }
         if url.starts_with("ldap://") && !l.starttls && !is_loopback_url(url) {
             self.error_at(
@@ -811,7 +934,10 @@ impl Validator<'_> {
             );
         }
         if l.user_dn.is_none() && (l.base_dn.is_none() || l.user_filter.is_none()) {
-            self.error_at(l.url.span(), "[ldap] needs user_dn, or base_dn and user_filter");
+            self.error_at(
+                l.url.span(),
+                "[ldap] needs user_dn, or base_dn and user_filter",
+            );
         }
         let mut groups = Vec::new();
         for g in &l.groups {
@@ -824,7 +950,10 @@ impl Validator<'_> {
             starttls: l.starttls,
             user_dn: l.user_dn.clone(),
             base_dn: l.base_dn.clone(),
-            user_filter: l.user_filter.clone().unwrap_or_else(|| "(uid={user})".into()),
+            user_filter: l
+                .user_filter
+                .clone()
+                .unwrap_or_else(|| "(uid={user})".into()),
             bind_dn: l.bind_dn.clone(),
             bind_password_file: l.bind_password_file.as_ref().map(|f| base_dir.join(f)),
             group_base: l.group_base.clone(),
@@ -846,7 +975,10 @@ impl Validator<'_> {
         match parsed {
             Ok(net) => Some(net.trunc()),
             Err(_) => {
-                self.error_at(s.span(), format!("invalid CIDR \"{text}\" (expected e.g. 10.1.0.0/16 or fd00::/8)"));
+                self.error_at(
+                    s.span(),
+                    format!("invalid CIDR \"{text}\" (expected e.g. 10.1.0.0/16 or fd00::/8)"),
+                );
                 None
             }
         }
@@ -907,14 +1039,20 @@ impl Validator<'_> {
 
 /// `ldap://127.0.0.1:…` / `ldap://localhost…`: clear text that never leaves the box.
 fn is_loopback_url(url: &str) -> bool {
-    let host = url.trim_start_matches("ldap://").split(['/', ':']).next().unwrap_or("");
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    let host = url
+        .trim_start_matches("ldap://")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn valid_ident(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
@@ -935,7 +1073,10 @@ pub fn parse_override(raw: &str) -> Result<Override, String> {
     if path.is_empty() || path == "/" {
         Ok(Override::Domain(host))
     } else {
-        let host = host.strip_prefix("www.").map(str::to_string).unwrap_or(host);
+        let host = host
+            .strip_prefix("www.")
+            .map(str::to_string)
+            .unwrap_or(host);
         Ok(Override::Url {
             host,
             path: path.to_string(),
@@ -988,7 +1129,11 @@ fn describe_toml_error(e: &toml::de::Error, at: &str) -> String {
             format!("unknown key \"{field}\"{hint}")
         };
     }
-    msg.replace('`', "\"").lines().next().unwrap_or(msg).to_string()
+    msg.replace('`', "\"")
+        .lines()
+        .next()
+        .unwrap_or(msg)
+        .to_string()
 }
 
 /// Byte range of the key/value (or `[table]` with its body) that starts at `start`.
@@ -1000,7 +1145,10 @@ fn entry_extent(src: &str, start: usize) -> Option<std::ops::Range<usize>> {
         let mut end = src.len();
         let mut pos = src[start..].find('\n').map(|i| start + i + 1)?;
         while pos < src.len() {
-            let next = src[pos..].find('\n').map(|i| pos + i + 1).unwrap_or(src.len());
+            let next = src[pos..]
+                .find('\n')
+                .map(|i| pos + i + 1)
+                .unwrap_or(src.len());
             if src[pos..next].trim_start().starts_with('[') {
                 end = pos;
                 break;
@@ -1038,7 +1186,11 @@ fn blank(src: &mut String, range: std::ops::Range<usize>) {
     let replaced: String = src[range.clone()]
         .chars()
         .flat_map(|c| {
-            let (ch, n) = if c == '\n' { ('\n', 1) } else { (' ', c.len_utf8()) };
+            let (ch, n) = if c == '\n' {
+                ('\n', 1)
+            } else {
+                (' ', c.len_utf8())
+            };
             std::iter::repeat_n(ch, n)
         })
         .collect();

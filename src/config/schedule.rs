@@ -34,7 +34,9 @@ fn day_index(s: &str) -> Option<u8> {
 /// (`"sat-mon"`).
 pub fn parse_days(s: &str) -> Result<u8, String> {
     let unknown = |d: &str| {
-        format!("unknown day \"{d}\" (use mon, tue, wed, thu, fri, sat, sun or lun … dim, or a range like mon-fri)")
+        format!(
+            "unknown day \"{d}\" (use mon, tue, wed, thu, fri, sat, sun or lun … dim, or a range like mon-fri)"
+        )
     };
     match s.split_once('-') {
         None => day_index(s).map(|d| 1 << d).ok_or_else(|| unknown(s)),
@@ -138,10 +140,18 @@ mod tests {
         assert_eq!(parse_days("lun-ven"), Ok(0b0011111));
         assert_eq!(parse_days("sat-mon"), Ok(0b1100001));
         assert_eq!(parse_days("Dimanche"), Ok(0b1000000));
-        assert!(parse_days("funday").unwrap_err().contains("unknown day \"funday\""));
+        assert!(
+            parse_days("funday")
+                .unwrap_err()
+                .contains("unknown day \"funday\"")
+        );
         assert_eq!(parse_time_range("08:00-11:30"), Ok((480, 690)));
         assert_eq!(parse_time_range("13:00-24:00"), Ok((780, 1440)));
-        assert!(parse_time_range("11:30-08:00").unwrap_err().contains("ends before it starts"));
+        assert!(
+            parse_time_range("11:30-08:00")
+                .unwrap_err()
+                .contains("ends before it starts")
+        );
         assert!(parse_time_range("8h-9h").is_err());
         assert!(parse_time_range("08:60-09:00").is_err());
     }
@@ -152,7 +162,12 @@ mod tests {
         s.days = parse_days("mon-fri").unwrap();
         s.ranges = vec![(480, 690), (780, 960)];
         // 2026-11-23 is a Monday.
-        let at = |d, h, m| NaiveDate::from_ymd_opt(2026, 11, d).unwrap().and_hms_opt(h, m, 0).unwrap();
+        let at = |d, h, m| {
+            NaiveDate::from_ymd_opt(2026, 11, d)
+                .unwrap()
+                .and_hms_opt(h, m, 0)
+                .unwrap()
+        };
         assert!(s.active_at(&at(23, 10, 0)));
         assert!(!s.active_at(&at(23, 12, 15)));
         assert!(!s.active_at(&at(23, 11, 30)), "end is exclusive");

@@ -40,12 +40,27 @@ fn base_config_is_valid() {
 
 #[test]
 fn embedded_default_is_valid() {
-    let c = parse(EMBEDDED_DEFAULT, EMBEDDED_NAME, &shipped_lists_dir()).unwrap_or_else(|e| panic!("{e}"));
+    let c = parse(EMBEDDED_DEFAULT, EMBEDDED_NAME, &shipped_lists_dir())
+        .unwrap_or_else(|e| panic!("{e}"));
     for p in ["eleves", "personnel", "invites"] {
         assert!(c.profile_id(p).is_some(), "{p}");
     }
     assert_eq!(c.profiles[c.default_profile as usize].name, "invites");
-    for cat in ["adult", "gambling", "games", "vpn", "doh", "redirector", "social_networks", "chat", "agressif", "dating", "warez", "p2p", "tor"] {
+    for cat in [
+        "adult",
+        "gambling",
+        "games",
+        "vpn",
+        "doh",
+        "redirector",
+        "social_networks",
+        "chat",
+        "agressif",
+        "dating",
+        "warez",
+        "p2p",
+        "tor",
+    ] {
         assert!(c.category_id(cat).is_some(), "{cat}");
     }
 }
@@ -55,13 +70,16 @@ fn unknown_category_with_suggestion() {
     let text = BASE.replace("block = [\"gambling\"]", "block = [\"gamblin\"]");
     assert_eq!(
         errors(&text),
-        vec![r#"vigie.toml:17:10: unknown category "gamblin" in profile "eleves" — did you mean "gambling"?"#]
+        vec![
+            r#"vigie.toml:17:10: unknown category "gamblin" in profile "eleves" — did you mean "gambling"?"#
+        ]
     );
 }
 
 #[test]
 fn every_unknown_key_is_reported() {
-    let text = format!("{BASE}\n[profiles.personnel]\nblok = [\"gambling\"]\nsafe_serch = \"strict\"\n");
+    let text =
+        format!("{BASE}\n[profiles.personnel]\nblok = [\"gambling\"]\nsafe_serch = \"strict\"\n");
     let errs = errors(&text);
     assert_eq!(
         errs,
@@ -77,8 +95,14 @@ fn unknown_top_level_table_and_key() {
     let text = format!("colour = 3\n{BASE}\n[proxi]\nlisten = \"x\"\n");
     let errs = errors(&text);
     assert_eq!(errs.len(), 2, "{errs:?}");
-    assert!(errs[0].starts_with("vigie.toml:1:1: unknown key \"colour\""), "{errs:?}");
-    assert!(errs[1].starts_with("vigie.toml:23:2: unknown key \"proxi\""), "{errs:?}");
+    assert!(
+        errs[0].starts_with("vigie.toml:1:1: unknown key \"colour\""),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("vigie.toml:23:2: unknown key \"proxi\""),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -138,8 +162,14 @@ fn unknown_schedule_and_bad_day() {
     );
     let errs = errors(&text);
     assert_eq!(errs.len(), 2, "{errs:?}");
-    assert!(errs[0].starts_with("vigie.toml:23:9: in schedule \"x\": unknown day \"funday\""), "{errs:?}");
-    assert_eq!(errs[1], r#"vigie.toml:29:12: unknown schedule "travial" in profile "personnel" — did you mean "travail"?"#);
+    assert!(
+        errs[0].starts_with("vigie.toml:23:9: in schedule \"x\": unknown day \"funday\""),
+        "{errs:?}"
+    );
+    assert_eq!(
+        errs[1],
+        r#"vigie.toml:29:12: unknown schedule "travial" in profile "personnel" — did you mean "travail"?"#
+    );
 }
 
 #[test]
@@ -147,7 +177,10 @@ fn type_errors_are_located() {
     let text = BASE.replace("block = [\"gambling\"]", "block = \"gambling\"");
     let errs = errors(&text);
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].starts_with("vigie.toml:17:9: invalid type"), "{errs:?}");
+    assert!(
+        errs[0].starts_with("vigie.toml:17:9: invalid type"),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -159,8 +192,14 @@ fn syntax_error_is_located() {
 
 #[test]
 fn overrides_parse() {
-    assert_eq!(parse_override("Example.ORG."), Ok(Override::Domain("example.org".into())));
-    assert_eq!(parse_override("*.example.org"), Ok(Override::Domain("example.org".into())));
+    assert_eq!(
+        parse_override("Example.ORG."),
+        Ok(Override::Domain("example.org".into()))
+    );
+    assert_eq!(
+        parse_override("*.example.org"),
+        Ok(Override::Domain("example.org".into()))
+    );
     assert_eq!(
         parse_override("https://www.site.com/cours/"),
         Ok(Override::Url {
@@ -182,7 +221,9 @@ fn networks_sorted_most_specific_first() {
 
 #[test]
 fn relative_list_paths_resolve_against_lists_dir() {
-    let text = format!("lists_dir = \"lists\"\n{BASE}\n[[lists]]\ncategory = \"gambling\"\nformat = \"domains\"\npath = \"g.txt\"\n");
+    let text = format!(
+        "lists_dir = \"lists\"\n{BASE}\n[[lists]]\ncategory = \"gambling\"\nformat = \"domains\"\npath = \"g.txt\"\n"
+    );
     let c = parse(&text, "vigie.toml", Path::new("/etc/vigie")).unwrap();
     assert_eq!(c.sources[0].path, Path::new("/etc/vigie/lists/g.txt"));
 }
@@ -192,10 +233,16 @@ fn categories_and_lists_default_to_the_embedded_ones() {
     let text = "[profiles.invites]\nblock = [\"gambling\", \"p2p\"]\n";
     let c = parse(text, "ecole.toml", Path::new("/etc/vigie")).unwrap_or_else(|e| panic!("{e}"));
     assert!(c.category_id("gambling").is_some());
-    let gambling = c.sources.iter().find(|s| s.path.ends_with("ut1/gambling")).expect("default gambling list");
+    let gambling = c
+        .sources
+        .iter()
+        .find(|s| s.path.ends_with("ut1/gambling"))
+        .expect("default gambling list");
     assert_eq!(gambling.path, shipped_lists_dir().join("ut1/gambling"));
     // Own lists replace the default ones (categories still default).
-    let own = format!("{text}[[lists]]\ncategory = \"gambling\"\nformat = \"domains\"\npath = \"g.txt\"\n");
+    let own = format!(
+        "{text}[[lists]]\ncategory = \"gambling\"\nformat = \"domains\"\npath = \"g.txt\"\n"
+    );
     let c = parse(&own, "ecole.toml", Path::new("/etc/vigie")).unwrap();
     assert_eq!(c.sources.len(), 1);
     assert_eq!(c.sources[0].path, Path::new("/etc/vigie/g.txt"));
@@ -205,9 +252,14 @@ fn categories_and_lists_default_to_the_embedded_ones() {
 fn example_appliance_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vigie.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let c = parse(&text, "deploy/vigie.toml", Path::new("/etc/vigie")).unwrap_or_else(|e| panic!("{e}"));
+    let c = parse(&text, "deploy/vigie.toml", Path::new("/etc/vigie"))
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.networks.len(), 4);
-    assert_eq!(c.networks[0].net.to_string(), "10.30.5.0/24", "most specific first");
+    assert_eq!(
+        c.networks[0].net.to_string(),
+        "10.30.5.0/24",
+        "most specific first"
+    );
 }
 
 proptest::proptest! {

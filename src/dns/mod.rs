@@ -132,7 +132,10 @@ mod tests {
     fn dns_settings_resolve_with_defaults_and_errors() {
         let s = snap("").unwrap();
         let d = &s.config.dns;
-        assert_eq!((d.rate_limit_qps, d.rate_limit_burst, d.blocked_ttl), (200, 400, 60));
+        assert_eq!(
+            (d.rate_limit_qps, d.rate_limit_burst, d.blocked_ttl),
+            (200, 400, 60)
+        );
         assert!(!d.log_allowed);
         let o = handler_options(&s, "10.0.0.1:53".parse().unwrap());
         assert_eq!(o.default_block_page_v4, Some("10.0.0.1".parse().unwrap()));
@@ -141,16 +144,33 @@ mod tests {
         assert_eq!(o.default_block_page_v4, None);
 
         let s = snap("rate_limit_qps = 0\nblock_page_ipv4 = \"192.0.2.1\"\nupstreams = [\"tcp://192.0.2.53\"]").unwrap();
-        assert!(handler_options(&s, "127.0.0.1:53".parse().unwrap()).rate_limit.is_none());
-        assert_eq!(s.config.dns.block_page_ipv4, Some("192.0.2.1".parse().unwrap()));
+        assert!(
+            handler_options(&s, "127.0.0.1:53".parse().unwrap())
+                .rate_limit
+                .is_none()
+        );
+        assert_eq!(
+            s.config.dns.block_page_ipv4,
+            Some("192.0.2.1".parse().unwrap())
+        );
         let specs = upstream_specs(&[], &s, "127.0.0.1:53".parse().unwrap()).unwrap();
         assert_eq!(specs[0].protocol, upstream::Protocol::Tcp);
         // --upstream wins over the config.
-        let specs = upstream_specs(&["192.0.2.9:5353".into()], &s, "127.0.0.1:53".parse().unwrap()).unwrap();
+        let specs = upstream_specs(
+            &["192.0.2.9:5353".into()],
+            &s,
+            "127.0.0.1:53".parse().unwrap(),
+        )
+        .unwrap();
         assert_eq!(specs[0].addr, "192.0.2.9:5353".parse().unwrap());
 
-        let e = snap("block_page_ipv4 = \"not-an-ip\"").err().expect("invalid address rejected");
-        assert!(e.to_string().contains("t.toml:3:19:") && e.to_string().contains("block_page_ipv4"), "{e}");
+        let e = snap("block_page_ipv4 = \"not-an-ip\"")
+            .err()
+            .expect("invalid address rejected");
+        assert!(
+            e.to_string().contains("t.toml:3:19:") && e.to_string().contains("block_page_ipv4"),
+            "{e}"
+        );
         let e = snap("cache_sise = 10").err().expect("unknown key rejected");
         assert!(e.to_string().contains("cache_size"), "{e}");
     }

@@ -62,9 +62,11 @@ pub struct LdapAuthenticator {
 impl LdapAuthenticator {
     pub fn new(settings: LdapSettings) -> Result<Self, LdapError> {
         let rng = ring::rand::SystemRandom::new();
-        let cache_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).map_err(|_| LdapError::Server {
-            url: settings.url.clone(),
-            message: "no system randomness for the login cache".into(),
+        let cache_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).map_err(|_| {
+            LdapError::Server {
+                url: settings.url.clone(),
+                message: "no system randomness for the login cache".into(),
+            }
         })?;
         Ok(LdapAuthenticator {
             settings,
@@ -83,7 +85,11 @@ impl LdapAuthenticator {
     }
 
     /// Checks `user`/`password`; on success returns who they are and their profile.
-    pub async fn authenticate(&self, user: &str, password: &str) -> Result<LdapIdentity, LdapError> {
+    pub async fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<LdapIdentity, LdapError> {
         // An empty password is an anonymous bind that LDAP servers accept: never a login.
         if user.is_empty() || password.is_empty() {
             return Err(LdapError::InvalidCredentials);
@@ -92,11 +98,16 @@ impl LdapAuthenticator {
         if let Some(hit) = self.cached(user, &tag) {
             return Ok(hit);
         }
-        let _permit = self.in_flight.acquire().await.map_err(|e| self.server_err(e))?;
-        let mut conn = self.connection().await?;
-        let result = tokio::time::timeout(self.settings.timeout, self.check(&mut conn, user, password))
+        let _permit = self
+            .in_flight
+            .acquire()
             .await
-            .unwrap_or_else(|_| Err(self.server_err("timed out")));
+            .map_err(|e| self.server_err(e))?;
+        let mut conn = self.connection().await?;
+        let result =
+            tokio::time::timeout(self.settings.timeout, self.check(&mut conn, user, password))
+                .await
+                .unwrap_or_else(|_| Err(self.server_err("timed out")));
         match &result {
             // The connection is healthy whatever the verdict on the password.
             Ok(_) | Err(LdapError::InvalidCredentials) => self.give_back(conn),
@@ -152,18 +163,30 @@ impl LdapAuthenticator {
         }
     }
 
-    async fn check(&self, ldap: &mut Ldap, user: &str, password: &str) -> Result<LdapIdentity, LdapError> {
+    async fn check(
+        &self,
+        ldap: &mut Ldap,
+        user: &str,
+        password: &str,
+    ) -> Result<LdapIdentity, LdapError> {
         let s = &self.settings;
         let dn = match &s.user_dn {
             Some(template) => template.replace("{user}", &dn_escape(user)),
             None => self.find_dn(ldap, user).await?,
         };
-        let bind = ldap.simple_bind(&dn, password).await.map_err(|e| self.server_err(e))?;
+        let bind = ldap
+            .simple_bind(&dn, password)
+            .await
+            .map_err(|e| self.server_err(e))?;
         match bind.rc {
             0 => {}
             // invalidCredentials, and "no such object" for an unknown user DN.
             49 | 32 => return Err(LdapError::InvalidCredentials),
-            rc => return Err(self.server_err(format!("bind failed (result code {rc}: {})", bind.text))),
+            rc => {
+                return Err(
+                    self.server_err(format!("bind failed (result code {rc}: {})", bind.text))
+                );
+            }
         }
         let groups = self.groups(ldap, &dn).await?;
         let profile = s
@@ -192,9 +215,15 @@ impl LdapAuthenticator {
                     })?,
                 None => String::new(),
             };
-            let r = ldap.simple_bind(bind_dn, &password).await.map_err(|e| self.server_err(e))?;
+            let r = ldap
+                .simple_bind(bind_dn, &password)
+                .await
+                .map_err(|e| self.server_err(e))?;
             if r.rc != 0 {
-                return Err(self.server_err(format!("service account bind failed (result code {}: {})", r.rc, r.text)));
+                return Err(self.server_err(format!(
+                    "service account bind failed (result code {}: {})",
+                    r.rc, r.text
+                )));
             }
         }
         let base = s.base_dn.as_deref().unwrap_or("");
@@ -205,7 +234,13 @@ impl LdapAuthenticator {
             .and_then(|r| r.success())
             .map_err(|e| self.server_err(e))?;
         match entries.len() {
-            1 => Ok(SearchEntry::construct(entries.into_iter().next().ok_or(LdapError::InvalidCredentials)?).dn),
+            1 => Ok(SearchEntry::construct(
+                entries
+                    .into_iter()
+                    .next()
+                    .ok_or(LdapError::InvalidCredentials)?,
+            )
+            .dn),
             0 => Err(LdapError::InvalidCredentials),
             n => Err(self.server_err(format!("{n} entries match {filter}: ambiguous login"))),
         }

@@ -42,7 +42,12 @@ impl LoginLimiter {
         }
     }
 
-    fn blocked<K: std::hash::Hash + Eq>(&self, map: &Mutex<HashMap<K, Failures>>, key: &K, now: Instant) -> Option<Duration> {
+    fn blocked<K: std::hash::Hash + Eq>(
+        &self,
+        map: &Mutex<HashMap<K, Failures>>,
+        key: &K,
+        now: Instant,
+    ) -> Option<Duration> {
         let map = map.lock().ok()?;
         let f = map.get(key)?;
         let elapsed = now.saturating_duration_since(f.last);
@@ -51,23 +56,34 @@ impl LoginLimiter {
 
     /// Whether an attempt by `user` from `ip` may be checked at all now.
     pub fn check(&self, user: &str, ip: IpAddr, now: Instant) -> Result<(), RetryAfter> {
-        let wait = [self.blocked(&self.users, &user.to_string(), now), self.blocked(&self.ips, &ip, now)]
-            .into_iter()
-            .flatten()
-            .max();
+        let wait = [
+            self.blocked(&self.users, &user.to_string(), now),
+            self.blocked(&self.ips, &ip, now),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
         match wait {
             Some(d) => Err(RetryAfter(d)),
             None => Ok(()),
         }
     }
 
-    fn bump<K: std::hash::Hash + Eq>(&self, map: &Mutex<HashMap<K, Failures>>, key: K, now: Instant) {
+    fn bump<K: std::hash::Hash + Eq>(
+        &self,
+        map: &Mutex<HashMap<K, Failures>>,
+        key: K,
+        now: Instant,
+    ) {
         let Ok(mut map) = map.lock() else { return };
         if map.len() >= MAX_KEYS {
             let window = self.window;
             map.retain(|_, f| now.saturating_duration_since(f.last) < window);
         }
-        let f = map.entry(key).or_insert(Failures { count: 0, last: now });
+        let f = map.entry(key).or_insert(Failures {
+            count: 0,
+            last: now,
+        });
         if now.saturating_duration_since(f.last) >= self.window {
             f.count = 0;
         }
@@ -106,7 +122,10 @@ mod tests {
             assert_eq!(l.check("prof", ip, t0), Ok(()), "attempt {i}");
             l.failure("prof", ip, t0);
         }
-        assert_eq!(l.check("prof", ip, t0), Err(RetryAfter(Duration::from_secs(60))));
+        assert_eq!(
+            l.check("prof", ip, t0),
+            Err(RetryAfter(Duration::from_secs(60)))
+        );
         // Locked per user (from anywhere) and per address (for anyone).
         assert!(l.check("prof", other, t0).is_err());
         assert!(l.check("eleve", ip, t0).is_err());

@@ -57,7 +57,12 @@ impl Identity {
     /// the config, else its network's profile, else the default (strictest) profile.
     pub fn from_ip(snapshot: &Snapshot, ip: IpAddr) -> Self {
         let ip = crate::snapshot::canonical_ip(ip);
-        if let Some(m) = snapshot.config.mappings.iter().find(|m| m.net.contains(&ip)) {
+        if let Some(m) = snapshot
+            .config
+            .mappings
+            .iter()
+            .find(|m| m.net.contains(&ip))
+        {
             return Identity {
                 user: m.user.as_deref().map(Arc::from),
                 groups: Vec::new(),
@@ -65,7 +70,12 @@ impl Identity {
                 source: IdentitySource::Static,
             };
         }
-        match snapshot.config.networks.iter().find(|n| n.net.contains(&ip)) {
+        match snapshot
+            .config
+            .networks
+            .iter()
+            .find(|n| n.net.contains(&ip))
+        {
             Some(n) => Identity::profile(n.profile, IdentitySource::Network),
             None => Identity::profile(snapshot.config.default_profile, IdentitySource::Default),
         }
@@ -130,12 +140,21 @@ impl IdentityTable {
     /// The live binding of `ip` at `now`, if any.
     pub fn get(&self, ip: IpAddr, now: DateTime<Utc>) -> Option<Arc<Binding>> {
         let ip = crate::snapshot::canonical_ip(ip);
-        self.bindings.load().get(&ip).filter(|b| b.expires > now).cloned()
+        self.bindings
+            .load()
+            .get(&ip)
+            .filter(|b| b.expires > now)
+            .cloned()
     }
 
     /// Drops expired bindings; returns how many.
     pub fn purge_expired(&self, now: DateTime<Utc>) -> usize {
-        let expired = self.bindings.load().values().filter(|b| b.expires <= now).count();
+        let expired = self
+            .bindings
+            .load()
+            .values()
+            .filter(|b| b.expires <= now)
+            .count();
         if expired > 0 {
             self.bindings.rcu(|m| {
                 m.iter()
@@ -192,7 +211,8 @@ cidr = "10.1.5.9"
 user = "imprimante-biblio"
 profile = "personnel"
 "#;
-        let mut cfg = config::parse(text, "t.toml", Path::new("/")).unwrap_or_else(|e| panic!("{e}"));
+        let mut cfg =
+            config::parse(text, "t.toml", Path::new("/")).unwrap_or_else(|e| panic!("{e}"));
         cfg.sources.clear();
         Snapshot::build(cfg, None).unwrap()
     }
@@ -218,12 +238,18 @@ profile = "personnel"
         assert_eq!(name(&t.resolve(&s, ip("10.1.2.3"), now)), "eleves");
         assert_eq!(name(&t.resolve(&s, ip("192.168.0.1"), now)), "invites");
         let printer = t.resolve(&s, ip("10.1.5.9"), now);
-        assert_eq!((name(&printer), printer.source), ("personnel".into(), IdentitySource::Static));
+        assert_eq!(
+            (name(&printer), printer.source),
+            ("personnel".into(), IdentitySource::Static)
+        );
         assert_eq!(printer.user.as_deref(), Some("imprimante-biblio"));
         t.bind(ip("10.1.2.3"), binding("mtremblay", "personnel", now, 30));
         let id = t.resolve(&s, ip("::ffff:10.1.2.3"), now);
         assert_eq!(id.user.as_deref(), Some("mtremblay"));
-        assert_eq!((name(&id), id.source), ("personnel".into(), IdentitySource::Portal));
+        assert_eq!(
+            (name(&id), id.source),
+            ("personnel".into(), IdentitySource::Portal)
+        );
         // Expired: back to the network's profile, and purged.
         let later = now + chrono::Duration::minutes(31);
         assert_eq!(t.resolve(&s, ip("10.1.2.3"), later).user, None);

@@ -54,7 +54,9 @@ pub enum Verdict {
     Allow,
     Block,
     /// Allowed, but through the safe host of a search engine / YouTube.
-    SafeSearch { target: &'static str },
+    SafeSearch {
+        target: &'static str,
+    },
 }
 
 impl Verdict {
@@ -92,9 +94,18 @@ pub enum Reason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Matched {
     /// The entry is the last `suffix_len` bytes of the normalised host.
-    Domain { source: SourceId, suffix_len: u8 },
-    Url { source: SourceId, kind: UrlHitKind },
-    Ip { source: SourceId, net: ipnet::IpNet },
+    Domain {
+        source: SourceId,
+        suffix_len: u8,
+    },
+    Url {
+        source: SourceId,
+        kind: UrlHitKind,
+    },
+    Ip {
+        source: SourceId,
+        net: ipnet::IpNet,
+    },
     /// A name vigie itself knows (see [`CIRCUMVENTION_NAMES`]).
     Builtin,
 }
@@ -124,7 +135,12 @@ pub const CIRCUMVENTION_NAMES: &[&str] = &[
 ];
 
 /// Decides `request` for `identity` at `now`. Pure.
-pub fn decide(snapshot: &Snapshot, request: &Request<'_>, identity: &Identity, now: DateTime<Utc>) -> Decision {
+pub fn decide(
+    snapshot: &Snapshot,
+    request: &Request<'_>,
+    identity: &Identity,
+    now: DateTime<Utc>,
+) -> Decision {
     let profile_id = identity.profile;
     let Some(profile) = snapshot.config.profiles.get(profile_id as usize) else {
         // A stale identity naming a profile that no longer exists: fail closed.
@@ -179,7 +195,11 @@ pub fn decide(snapshot: &Snapshot, request: &Request<'_>, identity: &Identity, n
         let cats = m.categories();
         d.listed = d.listed.union(cats);
         // Most specific entry first, so the trace names the closest match.
-        let mut hits: arrayvec::ArrayVec<_, 16> = m.hits.iter().filter(|x| !x.exception && cats.contains(x.category)).collect();
+        let mut hits: arrayvec::ArrayVec<_, 16> = m
+            .hits
+            .iter()
+            .filter(|x| !x.exception && cats.contains(x.category))
+            .collect();
         hits.sort_by_key(|x| std::cmp::Reverse(x.suffix_len));
         for hit in hits {
             consider(
@@ -194,7 +214,9 @@ pub fn decide(snapshot: &Snapshot, request: &Request<'_>, identity: &Identity, n
         if first.is_none()
             && let Some(doh) = snapshot.config.category_id("doh")
             && blocked.contains(doh)
-            && CIRCUMVENTION_NAMES.iter().any(|n| is_same_or_subdomain(h, n))
+            && CIRCUMVENTION_NAMES
+                .iter()
+                .any(|n| is_same_or_subdomain(h, n))
         {
             d.listed.insert(doh);
             first = Some((doh, Matched::Builtin));
@@ -261,7 +283,11 @@ pub fn decide(snapshot: &Snapshot, request: &Request<'_>, identity: &Identity, n
 
 /// The categories `profile` blocks at `now`, and for each a function naming the
 /// scheduled rule responsible (None = the always-blocked list).
-fn blocked_categories(snapshot: &Snapshot, profile: ProfileId, now: DateTime<Utc>) -> (CatSet, impl Fn(CategoryId) -> Option<u16> + '_) {
+fn blocked_categories(
+    snapshot: &Snapshot,
+    profile: ProfileId,
+    now: DateTime<Utc>,
+) -> (CatSet, impl Fn(CategoryId) -> Option<u16> + '_) {
     let p = &snapshot.config.profiles[profile as usize];
     let local = now.with_timezone(&snapshot.config.timezone);
     let mut blocked = p.block;
@@ -269,7 +295,11 @@ fn blocked_categories(snapshot: &Snapshot, profile: ProfileId, now: DateTime<Utc
     for (i, rule) in p.rules.iter().enumerate() {
         let active = match rule.schedule {
             None => true,
-            Some(s) => snapshot.config.schedules.get(s).is_some_and(|s| s.active_at(&local)),
+            Some(s) => snapshot
+                .config
+                .schedules
+                .get(s)
+                .is_some_and(|s| s.active_at(&local)),
         };
         if !active {
             continue;
@@ -286,7 +316,12 @@ fn blocked_categories(snapshot: &Snapshot, profile: ProfileId, now: DateTime<Utc
         p.rules
             .iter()
             .enumerate()
-            .filter(|(i, r)| *i < 64 && active_rules & (1 << i) != 0 && r.action == Action::Block && r.categories.contains(cat))
+            .filter(|(i, r)| {
+                *i < 64
+                    && active_rules & (1 << i) != 0
+                    && r.action == Action::Block
+                    && r.categories.contains(cat)
+            })
             .map(|(i, _)| i as u16)
             .next()
             .filter(|_| !p.block.contains(cat))
@@ -295,7 +330,10 @@ fn blocked_categories(snapshot: &Snapshot, profile: ProfileId, now: DateTime<Utc
 }
 
 fn is_same_or_subdomain(host: &str, name: &str) -> bool {
-    host == name || (host.len() > name.len() && host.ends_with(name) && host.as_bytes()[host.len() - name.len() - 1] == b'.')
+    host == name
+        || (host.len() > name.len()
+            && host.ends_with(name)
+            && host.as_bytes()[host.len() - name.len() - 1] == b'.')
 }
 
 /// What a request points at, extracted once.
@@ -357,11 +395,17 @@ pub fn split_url(url: &str) -> (&str, &str) {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let host_port = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    let host_port = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
     let host = if let Some(v6) = host_port.strip_prefix('[') {
         v6.split(']').next().unwrap_or(v6)
     } else {
-        host_port.rsplit_once(':').map(|(h, _)| h).unwrap_or(host_port)
+        host_port
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(host_port)
     };
     (host, if path.is_empty() { "/" } else { path })
 }
@@ -395,11 +439,15 @@ impl Decision {
         match self.reason {
             Reason::AllowOverride(i) => format!(
                 "{pname}: allow {}",
-                p.and_then(|p| p.allow.get(i as usize)).map(|o| o.to_string()).unwrap_or_default()
+                p.and_then(|p| p.allow.get(i as usize))
+                    .map(|o| o.to_string())
+                    .unwrap_or_default()
             ),
             Reason::DenyOverride(i) => format!(
                 "{pname}: deny {}",
-                p.and_then(|p| p.deny.get(i as usize)).map(|o| o.to_string()).unwrap_or_default()
+                p.and_then(|p| p.deny.get(i as usize))
+                    .map(|o| o.to_string())
+                    .unwrap_or_default()
             ),
             Reason::BlockedCategory => format!("{pname}: block {}", self.category_name(snapshot)),
             Reason::ScheduledRule(i) => {
@@ -409,7 +457,11 @@ impl Decision {
                     .and_then(|s| snapshot.config.schedules.get(s))
                     .map(|s| format!(" during {}", s.name))
                     .unwrap_or_default();
-                format!("{pname}: rule #{} block {}{sched}", i + 1, self.category_name(snapshot))
+                format!(
+                    "{pname}: rule #{} block {}{sched}",
+                    i + 1,
+                    self.category_name(snapshot)
+                )
             }
             Reason::Circumvention => format!("{pname}: circumvention (block doh)"),
             Reason::BareIp => format!("{pname}: bare_ip = block"),
@@ -419,7 +471,9 @@ impl Decision {
     }
 
     pub fn category_name<'s>(&self, snapshot: &'s Snapshot) -> &'s str {
-        self.category.map(|c| snapshot.category_name(c)).unwrap_or("")
+        self.category
+            .map(|c| snapshot.category_name(c))
+            .unwrap_or("")
     }
 
     /// The list entry that matched, as text (e.g. `casino.com`), if a list did.
@@ -438,17 +492,30 @@ impl Decision {
                 let mut buf = [0u8; 256];
                 let host = Target::of(request).host?;
                 let h = normalize_query_host(host, &mut buf)?;
-                CIRCUMVENTION_NAMES.iter().find(|n| is_same_or_subdomain(&h, n)).map(|n| n.to_string())
+                CIRCUMVENTION_NAMES
+                    .iter()
+                    .find(|n| is_same_or_subdomain(&h, n))
+                    .map(|n| n.to_string())
             }
         }
     }
 
     /// The explain trace: how the verdict was reached, one step a line.
-    pub fn explain(&self, snapshot: &Snapshot, request: &Request<'_>, identity: &Identity, now: DateTime<Utc>) -> Vec<String> {
+    pub fn explain(
+        &self,
+        snapshot: &Snapshot,
+        request: &Request<'_>,
+        identity: &Identity,
+        now: DateTime<Utc>,
+    ) -> Vec<String> {
         let cfg = &snapshot.config;
         let mut t = Vec::new();
         let local = now.with_timezone(&cfg.timezone);
-        t.push(format!("time: {} ({})", local.format("%A %Y-%m-%d %H:%M"), cfg.timezone.name()));
+        t.push(format!(
+            "time: {} ({})",
+            local.format("%A %Y-%m-%d %H:%M"),
+            cfg.timezone.name()
+        ));
         let who = match &identity.user {
             Some(u) => format!("user {u}"),
             None => "unidentified client".to_string(),
@@ -466,7 +533,11 @@ impl Decision {
             t.push(format!("ip: {ip}"));
         }
         if !self.listed.is_empty() {
-            let names: Vec<&str> = self.listed.iter().map(|c| snapshot.category_name(c)).collect();
+            let names: Vec<&str> = self
+                .listed
+                .iter()
+                .map(|c| snapshot.category_name(c))
+                .collect();
             t.push(format!("listed in: {}", names.join(", ")));
         } else {
             t.push("listed in: no category".to_string());
@@ -474,7 +545,9 @@ impl Decision {
         if let Some(m) = self.matched {
             let entry = self.entry(snapshot, request).unwrap_or_default();
             let source = match m {
-                Matched::Domain { source, .. } | Matched::Url { source, .. } | Matched::Ip { source, .. } => cfg.source(source),
+                Matched::Domain { source, .. }
+                | Matched::Url { source, .. }
+                | Matched::Ip { source, .. } => cfg.source(source),
                 Matched::Builtin => None,
             };
             match source {
@@ -482,7 +555,10 @@ impl Decision {
                     let at = locate_entry(spec, &entry)
                         .map(|(file, line)| format!("{}:{line}", file.display()))
                         .unwrap_or_else(|| spec.path.display().to_string());
-                    t.push(format!("matched entry \"{entry}\" of list {at} (category {})", snapshot.category_name(spec.category)));
+                    t.push(format!(
+                        "matched entry \"{entry}\" of list {at} (category {})",
+                        snapshot.category_name(spec.category)
+                    ));
                 }
                 None => t.push(format!("matched built-in circumvention name \"{entry}\"")),
             }
@@ -494,12 +570,24 @@ impl Decision {
                         let sched = r
                             .schedule
                             .and_then(|s| cfg.schedules.get(s))
-                            .map(|s| format!("schedule \"{}\" ({}), active now", s.name, s.describe()))
+                            .map(|s| {
+                                format!("schedule \"{}\" ({}), active now", s.name, s.describe())
+                            })
                             .unwrap_or_else(|| "always".into());
-                        t.push(format!("rule: profile \"{}\" rule #{} (line {}) blocks {} — {sched}", p.name, i + 1, r.line, self.category_name(snapshot)));
+                        t.push(format!(
+                            "rule: profile \"{}\" rule #{} (line {}) blocks {} — {sched}",
+                            p.name,
+                            i + 1,
+                            r.line,
+                            self.category_name(snapshot)
+                        ));
                     }
                 }
-                Reason::BlockedCategory => t.push(format!("rule: profile \"{}\" blocks category \"{}\" at all times", p.name, self.category_name(snapshot))),
+                Reason::BlockedCategory => t.push(format!(
+                    "rule: profile \"{}\" blocks category \"{}\" at all times",
+                    p.name,
+                    self.category_name(snapshot)
+                )),
                 _ => {}
             }
             // Say which scheduled rules were not active, so "why is it open?" is answered.
@@ -508,7 +596,12 @@ impl Decision {
                     && !s.active_at(&local)
                     && !r.categories.intersect(self.listed).is_empty()
                 {
-                    let names: Vec<&str> = r.categories.intersect(self.listed).iter().map(|c| snapshot.category_name(c)).collect();
+                    let names: Vec<&str> = r
+                        .categories
+                        .intersect(self.listed)
+                        .iter()
+                        .map(|c| snapshot.category_name(c))
+                        .collect();
                     t.push(format!(
                         "rule: profile \"{}\" rule #{} ({} {}) not active: schedule \"{}\" is {}",
                         p.name,
@@ -524,7 +617,11 @@ impl Decision {
                 }
             }
         }
-        t.push(format!("decision: {} ({})", self.verdict.as_str(), self.rule(snapshot)));
+        t.push(format!(
+            "decision: {} ({})",
+            self.verdict.as_str(),
+            self.rule(snapshot)
+        ));
         if let Verdict::SafeSearch { target } = self.verdict {
             t.push(format!("safe search: served through {target}"));
         }

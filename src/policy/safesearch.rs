@@ -55,15 +55,34 @@ mod tests {
     #[test]
     fn engines_and_youtube() {
         let s = SafeSearch::Strict;
-        for h in ["google.com", "www.google.ca", "www.google.fr", "google.co.uk", "www.google.com.br"] {
-            assert_eq!(safe_search_target(h, s), Some("forcesafesearch.google.com"), "{h}");
+        for h in [
+            "google.com",
+            "www.google.ca",
+            "www.google.fr",
+            "google.co.uk",
+            "www.google.com.br",
+        ] {
+            assert_eq!(
+                safe_search_target(h, s),
+                Some("forcesafesearch.google.com"),
+                "{h}"
+            );
         }
         assert_eq!(safe_search_target("forcesafesearch.google.com", s), None);
         assert_eq!(safe_search_target("mail.google.com", s), None);
         assert_eq!(safe_search_target("google.example", s), None);
-        assert_eq!(safe_search_target("www.bing.com", s), Some("strict.bing.com"));
-        assert_eq!(safe_search_target("duckduckgo.com", s), Some("safe.duckduckgo.com"));
-        assert_eq!(safe_search_target("www.youtube.com", s), Some("restrict.youtube.com"));
+        assert_eq!(
+            safe_search_target("www.bing.com", s),
+            Some("strict.bing.com")
+        );
+        assert_eq!(
+            safe_search_target("duckduckgo.com", s),
+            Some("safe.duckduckgo.com")
+        );
+        assert_eq!(
+            safe_search_target("www.youtube.com", s),
+            Some("restrict.youtube.com")
+        );
         assert_eq!(
             safe_search_target("m.youtube.com", SafeSearch::Moderate),
             Some("restrictmoderate.youtube.com")

@@ -102,7 +102,10 @@ profile = "personnel"
 }
 
 fn who(s: &Snapshot, profile: &str) -> Identity {
-    Identity::profile(s.config.profile_id(profile).unwrap(), IdentitySource::Operator)
+    Identity::profile(
+        s.config.profile_id(profile).unwrap(),
+        IdentitySource::Operator,
+    )
 }
 
 /// Local Toronto time on 2026-11-<day> (the 23rd is a Monday).
@@ -121,7 +124,11 @@ fn dns(name: &str) -> Request<'_> {
 fn listed_domain_and_subdomain_blocked() {
     let (_d, s) = snapshot();
     let id = who(&s, "eleves");
-    for name in ["casino.example", "www.casino.example", "A.B.Casino.Example."] {
+    for name in [
+        "casino.example",
+        "www.casino.example",
+        "A.B.Casino.Example.",
+    ] {
         let d = decide(&s, &dns(name), &id, at(23, 10, 0));
         assert_eq!(d.verdict, Verdict::Block, "{name}");
         assert_eq!(d.category_name(&s), "gambling");
@@ -150,12 +157,21 @@ fn precedence_allow_then_deny_then_category() {
     let d = decide(&s, &dns("x.ok.casino.example"), &id, at(23, 10, 0));
     assert_eq!(d.verdict, Verdict::Allow);
     assert_eq!(d.reason, Reason::AllowOverride(0));
-    assert!(d.rule(&s).contains("allow ok.casino.example"), "{}", d.rule(&s));
+    assert!(
+        d.rule(&s).contains("allow ok.casino.example"),
+        "{}",
+        d.rule(&s)
+    );
     let d = decide(&s, &dns("forbidden.test"), &id, at(23, 10, 0));
     assert_eq!(d.verdict, Verdict::Block);
     assert_eq!(d.reason, Reason::DenyOverride(0));
     // The deny override is the profile's: other profiles are unaffected.
-    let d = decide(&s, &dns("forbidden.test"), &who(&s, "personnel"), at(23, 10, 0));
+    let d = decide(
+        &s,
+        &dns("forbidden.test"),
+        &who(&s, "personnel"),
+        at(23, 10, 0),
+    );
     assert_eq!(d.verdict, Verdict::Allow);
 }
 
@@ -168,18 +184,42 @@ fn schedule_blocks_staff_social_networks_in_work_hours_only() {
     assert_eq!(d.verdict, Verdict::Block, "Monday 10:00");
     assert_eq!(d.reason, Reason::ScheduledRule(0));
     assert!(d.rule(&s).contains("during travail"), "{}", d.rule(&s));
-    assert_eq!(decide(&s, &q, &id, at(23, 12, 15)).verdict, Verdict::Allow, "Monday lunch");
-    assert_eq!(decide(&s, &q, &id, at(28, 10, 0)).verdict, Verdict::Allow, "Saturday");
-    assert_eq!(decide(&s, &q, &id, at(23, 16, 0)).verdict, Verdict::Allow, "end is exclusive");
+    assert_eq!(
+        decide(&s, &q, &id, at(23, 12, 15)).verdict,
+        Verdict::Allow,
+        "Monday lunch"
+    );
+    assert_eq!(
+        decide(&s, &q, &id, at(28, 10, 0)).verdict,
+        Verdict::Allow,
+        "Saturday"
+    );
+    assert_eq!(
+        decide(&s, &q, &id, at(23, 16, 0)).verdict,
+        Verdict::Allow,
+        "end is exclusive"
+    );
     let trace = decide(&s, &q, &id, at(23, 12, 15)).explain(&s, &q, &id, at(23, 12, 15));
-    assert!(trace.iter().any(|l| l.contains("not active") && l.contains("travail")), "{trace:#?}");
+    assert!(
+        trace
+            .iter()
+            .any(|l| l.contains("not active") && l.contains("travail")),
+        "{trace:#?}"
+    );
 }
 
 #[test]
 fn url_entries_match_by_path_segment() {
     let (_d, s) = snapshot();
     let id = who(&s, "eleves");
-    let get = |url: &'static str| decide(&s, &Request::Http { method: "GET", url }, &id, at(23, 10, 0));
+    let get = |url: &'static str| {
+        decide(
+            &s,
+            &Request::Http { method: "GET", url },
+            &id,
+            at(23, 10, 0),
+        )
+    };
     assert_eq!(get("http://host.test/adult/page").verdict, Verdict::Block);
     assert_eq!(get("http://www.host.test/adult").verdict, Verdict::Block);
     assert_eq!(get("http://host.test/adults").verdict, Verdict::Allow);
@@ -196,22 +236,73 @@ fn ip_lists_and_bare_ip_policy() {
     let eleves = who(&s, "eleves");
     let staff = who(&s, "personnel");
     let tor: IpAddr = "192.0.2.7".parse().unwrap();
-    let d = decide(&s, &Request::Tls { host: Some("relay.test"), port: 443, ip: Some(tor) }, &eleves, at(23, 10, 0));
+    let d = decide(
+        &s,
+        &Request::Tls {
+            host: Some("relay.test"),
+            port: 443,
+            ip: Some(tor),
+        },
+        &eleves,
+        at(23, 10, 0),
+    );
     assert_eq!(d.verdict, Verdict::Block);
     assert_eq!(d.category_name(&s), "tor");
     let other: IpAddr = "198.51.100.1".parse().unwrap();
-    let d = decide(&s, &Request::Ip { ip: other, port: 443 }, &eleves, at(23, 10, 0));
+    let d = decide(
+        &s,
+        &Request::Ip {
+            ip: other,
+            port: 443,
+        },
+        &eleves,
+        at(23, 10, 0),
+    );
     assert_eq!((d.verdict, d.reason), (Verdict::Block, Reason::BareIp));
-    let d = decide(&s, &Request::Ip { ip: other, port: 443 }, &staff, at(23, 10, 0));
+    let d = decide(
+        &s,
+        &Request::Ip {
+            ip: other,
+            port: 443,
+        },
+        &staff,
+        at(23, 10, 0),
+    );
     assert_eq!(d.verdict, Verdict::Allow);
     // A bare IP in a URL is a bare IP too, including IPv4-mapped IPv6.
-    let d = decide(&s, &Request::Http { method: "GET", url: "http://[::ffff:198.51.100.1]/" }, &eleves, at(23, 10, 0));
+    let d = decide(
+        &s,
+        &Request::Http {
+            method: "GET",
+            url: "http://[::ffff:198.51.100.1]/",
+        },
+        &eleves,
+        at(23, 10, 0),
+    );
     assert_eq!(d.reason, Reason::BareIp);
     // Staff do not block tor: listed, reported, allowed.
-    let d = decide(&s, &Request::Tls { host: Some("2001:db8::1"), port: 443, ip: None }, &staff, at(23, 10, 0));
+    let d = decide(
+        &s,
+        &Request::Tls {
+            host: Some("2001:db8::1"),
+            port: 443,
+            ip: None,
+        },
+        &staff,
+        at(23, 10, 0),
+    );
     assert_eq!(d.verdict, Verdict::Allow);
     assert!(d.listed.contains(s.config.category_id("tor").unwrap()));
-    let d = decide(&s, &Request::Tls { host: Some("2001:db8::1"), port: 443, ip: None }, &eleves, at(23, 10, 0));
+    let d = decide(
+        &s,
+        &Request::Tls {
+            host: Some("2001:db8::1"),
+            port: 443,
+            ip: None,
+        },
+        &eleves,
+        at(23, 10, 0),
+    );
     assert_eq!((d.verdict, d.category_name(&s)), (Verdict::Block, "tor"));
 }
 
@@ -219,14 +310,42 @@ fn ip_lists_and_bare_ip_policy() {
 fn safe_search_and_circumvention_names() {
     let (_d, s) = snapshot();
     let d = decide(&s, &dns("www.google.ca"), &who(&s, "eleves"), at(23, 10, 0));
-    assert_eq!(d.verdict, Verdict::SafeSearch { target: "forcesafesearch.google.com" });
-    let d = decide(&s, &dns("www.youtube.com"), &who(&s, "personnel"), at(23, 10, 0));
-    assert_eq!(d.verdict, Verdict::SafeSearch { target: "restrictmoderate.youtube.com" });
-    let d = decide(&s, &dns("use-application-dns.net"), &who(&s, "eleves"), at(23, 10, 0));
-    assert_eq!((d.verdict, d.reason), (Verdict::Block, Reason::Circumvention));
+    assert_eq!(
+        d.verdict,
+        Verdict::SafeSearch {
+            target: "forcesafesearch.google.com"
+        }
+    );
+    let d = decide(
+        &s,
+        &dns("www.youtube.com"),
+        &who(&s, "personnel"),
+        at(23, 10, 0),
+    );
+    assert_eq!(
+        d.verdict,
+        Verdict::SafeSearch {
+            target: "restrictmoderate.youtube.com"
+        }
+    );
+    let d = decide(
+        &s,
+        &dns("use-application-dns.net"),
+        &who(&s, "eleves"),
+        at(23, 10, 0),
+    );
+    assert_eq!(
+        (d.verdict, d.reason),
+        (Verdict::Block, Reason::Circumvention)
+    );
     assert_eq!(d.category_name(&s), "doh");
     // Staff do not block doh here: the canary resolves normally.
-    let d = decide(&s, &dns("mask.icloud.com"), &who(&s, "personnel"), at(23, 10, 0));
+    let d = decide(
+        &s,
+        &dns("mask.icloud.com"),
+        &who(&s, "personnel"),
+        at(23, 10, 0),
+    );
     assert_eq!(d.verdict, Verdict::Allow);
 }
 
@@ -234,8 +353,14 @@ fn safe_search_and_circumvention_names() {
 fn network_map_and_default_profile() {
     let (_d, s) = snapshot();
     let ip = |t: &str| t.parse::<IpAddr>().unwrap();
-    assert_eq!(s.profile_name(Identity::from_ip(&s, ip("10.1.4.5")).profile), "eleves");
-    assert_eq!(s.profile_name(Identity::from_ip(&s, ip("::ffff:10.2.0.9")).profile), "personnel");
+    assert_eq!(
+        s.profile_name(Identity::from_ip(&s, ip("10.1.4.5")).profile),
+        "eleves"
+    );
+    assert_eq!(
+        s.profile_name(Identity::from_ip(&s, ip("::ffff:10.2.0.9")).profile),
+        "personnel"
+    );
     let unknown = Identity::from_ip(&s, ip("192.168.1.1"));
     assert_eq!(s.profile_name(unknown.profile), "invites");
     assert_eq!(unknown.source, IdentitySource::Default);
@@ -247,7 +372,10 @@ fn network_map_and_default_profile() {
 fn unknown_profile_fails_closed() {
     let (_d, s) = snapshot();
     let id = Identity::profile(99, IdentitySource::Operator);
-    assert_eq!(decide(&s, &dns("example.org"), &id, at(23, 10, 0)).verdict, Verdict::Block);
+    assert_eq!(
+        decide(&s, &dns("example.org"), &id, at(23, 10, 0)).verdict,
+        Verdict::Block
+    );
 }
 
 #[test]
@@ -258,13 +386,22 @@ fn explain_names_list_file_and_line() {
     let d = decide(&s, &q, &id, at(23, 10, 0));
     let trace = d.explain(&s, &q, &id, at(23, 10, 0)).join("\n");
     let file = dir.path().join("gambling.txt");
-    assert!(trace.contains(&format!("matched entry \"poker.test\" of list {}:2", file.display())), "{trace}");
+    assert!(
+        trace.contains(&format!(
+            "matched entry \"poker.test\" of list {}:2",
+            file.display()
+        )),
+        "{trace}"
+    );
     assert!(trace.contains("decision: block"), "{trace}");
 }
 
 #[test]
 fn split_url_forms() {
-    assert_eq!(split_url("http://user:pw@Host.test:8080/a?b"), ("Host.test", "/a?b"));
+    assert_eq!(
+        split_url("http://user:pw@Host.test:8080/a?b"),
+        ("Host.test", "/a?b")
+    );
     assert_eq!(split_url("https://[2001:db8::1]:443"), ("2001:db8::1", "/"));
     assert_eq!(split_url("host.test/path"), ("host.test", "/path"));
 }
