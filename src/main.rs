@@ -61,6 +61,47 @@ enum AuditCommand {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Blocked requests over a period, aggregated (no individual history).
+    Stats {
+        #[command(flatten)]
+        period: PeriodArgs,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Export events of one person (--user) or of everyone. An export is a look at
+    /// people's history: it needs --by and --justification, and is itself recorded.
+    Export {
+        #[command(flatten)]
+        period: PeriodArgs,
+        #[arg(long)]
+        user: Option<String>,
+        /// Who is exporting (recorded).
+        #[arg(long)]
+        by: String,
+        /// Why (recorded; at least 15 characters).
+        #[arg(long)]
+        justification: String,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct PeriodArgs {
+    /// Start, local time (`2026-11-23T00:00`) or RFC 3339; default: 24 hours ago.
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+    /// End (exclusive); default: now.
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Csv,
+    Jsonl,
 }
 
 #[derive(Subcommand)]
@@ -160,6 +201,25 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Validate { file }) => validate(file.or(cli.config)),
         Command::Users(cmd) => users(cli.config, cmd),
         Command::Audit(AuditCommand::Purge { data_dir }) => audit_purge(cli.config, data_dir),
+        Command::Audit(AuditCommand::Stats { period, data_dir }) => {
+            audit_stats(cli.config, period, data_dir)
+        }
+        Command::Audit(AuditCommand::Export {
+            period,
+            user,
+            by,
+            justification,
+            format,
+            data_dir,
+        }) => audit_export(
+            cli.config,
+            period,
+            user,
+            &by,
+            &justification,
+            format,
+            data_dir,
+        ),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
@@ -501,39 +561,187 @@ fn users(config: Option<PathBuf>, cmd: UsersCommand) -> ExitCode {
     }
 }
 
-fn audit_purge(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+/// Opens the configured audit store (SQLite under the data dir, or PostgreSQL).
+fn open_audit_store(
+    cfg: &config::Config,
+    data_dir: Option<PathBuf>,
+) -> Result<Box<dyn vigie::audit::store::Store>, String> {
     use vigie::audit::store::{SqliteStore, Store};
-    let cfg = match config::load(config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let before = chrono::Utc::now() - chrono::Duration::days(i64::from(cfg.audit.retention_days));
-    let opened: Result<Box<dyn Store>, _> = match cfg.audit.store {
+    match cfg.audit.store {
         config::AuditStoreKind::Postgres => vigie::audit::postgres::PgStore::connect(
             cfg.audit.postgres_url.as_deref().unwrap_or_default(),
         )
-        .map(|s| Box::new(s) as Box<dyn Store>),
-        _ => match data_dir.or(cfg.data_dir) {
-            Some(dir) => {
-                SqliteStore::open(&dir.join("audit.db")).map(|s| Box::new(s) as Box<dyn Store>)
-            }
-            None => {
-                eprintln!(
-                    "vigie audit purge: no data directory (use --data-dir or data_dir in the config)"
-                );
-                return ExitCode::from(2);
-            }
+        .map(|s| Box::new(s) as Box<dyn Store>)
+        .map_err(|e| e.to_string()),
+        _ => match data_dir.or_else(|| cfg.data_dir.clone()) {
+            Some(dir) => SqliteStore::open(&dir.join("audit.db"))
+                .map(|s| Box::new(s) as Box<dyn Store>)
+                .map_err(|e| e.to_string()),
+            None => Err("no data directory (use --data-dir or data_dir in the config)".into()),
         },
+    }
+}
+
+fn audit_period(
+    cfg: &config::Config,
+    p: &PeriodArgs,
+) -> Result<vigie::audit::store::Period, String> {
+    let now = chrono::Utc::now();
+    let from = match &p.from {
+        Some(s) => parse_at(s, cfg.timezone)?,
+        None => now - chrono::Duration::hours(24),
     };
-    match opened.and_then(|mut s| s.purge(before)) {
+    let to = match &p.to {
+        Some(s) => parse_at(s, cfg.timezone)?,
+        None => now,
+    };
+    if to <= from {
+        return Err("--to must be after --from".into());
+    }
+    Ok(vigie::audit::store::Period { from, to })
+}
+
+fn audit_stats(config: Option<PathBuf>, period: PeriodArgs, data_dir: Option<PathBuf>) -> ExitCode {
+    use vigie::audit::store::Dimension;
+    let run = || -> Result<(), String> {
+        let cfg = config::load(config.as_deref()).map_err(|e| e.to_string())?;
+        let period = audit_period(&cfg, &period)?;
+        let mut store = open_audit_store(&cfg, data_dir)?;
+        println!(
+            "blocked requests from {} to {}",
+            period.from.to_rfc3339(),
+            period.to.to_rfc3339()
+        );
+        for (title, dim, n) in [
+            ("by category", Dimension::Category, 50),
+            ("by profile", Dimension::Profile, 50),
+            ("top blocked domains", Dimension::Domain, 20),
+            ("by hour (UTC)", Dimension::Hour, 24 * 31),
+        ] {
+            println!("\n{title}:");
+            for (k, count) in store.blocks_by(dim, period, n).map_err(|e| e.to_string())? {
+                println!("  {count:>8}  {k}");
+            }
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigie audit stats: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn audit_export(
+    config: Option<PathBuf>,
+    period: PeriodArgs,
+    user: Option<String>,
+    by: &str,
+    justification: &str,
+    format: ExportFormat,
+    data_dir: Option<PathBuf>,
+) -> ExitCode {
+    use std::io::Write;
+    use vigie::audit::store::HistoryAccess;
+    let run = || -> Result<usize, String> {
+        let cfg = config::load(config.as_deref()).map_err(|e| e.to_string())?;
+        let period = audit_period(&cfg, &period)?;
+        let mut store = open_audit_store(&cfg, data_dir)?;
+        let access = HistoryAccess {
+            accessed_by: by,
+            justification,
+        };
+        let out = std::io::stdout();
+        let mut out = std::io::BufWriter::new(out.lock());
+        let io = |e: std::io::Error| e.to_string();
+        if matches!(format, ExportFormat::Csv) {
+            writeln!(out, "id,time,service,client_ip,user,profile,target,host,verdict,category,rule,entry,reference").map_err(io)?;
+        }
+        // Every page read is recorded as an access; pages are large so an export of
+        // a month is one or a few records.
+        const PAGE: usize = 100_000;
+        let (mut before, mut n) = (None, 0);
+        loop {
+            let page = store
+                .user_history(&access, user.as_deref(), period, before, PAGE)
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            before = Some(last.id);
+            let more = page.len() == PAGE;
+            for ev in &page {
+                n += 1;
+                match format {
+                    ExportFormat::Jsonl => writeln!(
+                        out,
+                        "{}",
+                        serde_json::to_string(ev).map_err(|e| e.to_string())?
+                    )
+                    .map_err(io)?,
+                    ExportFormat::Csv => {
+                        let opt = |o: &Option<String>| csv_field(o.as_deref().unwrap_or(""));
+                        writeln!(
+                            out,
+                            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                            ev.id,
+                            ev.time.to_rfc3339(),
+                            csv_field(&ev.service),
+                            csv_field(&ev.client_ip),
+                            opt(&ev.user),
+                            csv_field(&ev.profile),
+                            csv_field(&ev.target),
+                            csv_field(&ev.host),
+                            csv_field(&ev.verdict),
+                            opt(&ev.category),
+                            csv_field(&ev.rule),
+                            opt(&ev.entry),
+                            opt(&ev.reference)
+                        )
+                        .map_err(io)?
+                    }
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        out.flush().map_err(io)?;
+        Ok(n)
+    };
+    match run() {
         Ok(n) => {
-            println!(
-                "{n} audit events older than {} days deleted",
-                cfg.audit.retention_days
-            );
+            eprintln!("{n} events exported; this access is recorded");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vigie audit export: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn audit_purge(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+    let run = || -> Result<(usize, u32), String> {
+        let cfg = config::load(config.as_deref()).map_err(|e| e.to_string())?;
+        let before =
+            chrono::Utc::now() - chrono::Duration::days(i64::from(cfg.audit.retention_days));
+        let mut store = open_audit_store(&cfg, data_dir)?;
+        let n = store.purge(before).map_err(|e| e.to_string())?;
+        Ok((n, cfg.audit.retention_days))
+    };
+    match run() {
+        Ok((n, days)) => {
+            println!("{n} audit events older than {days} days deleted");
             ExitCode::SUCCESS
         }
         Err(e) => {

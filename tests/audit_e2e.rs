@@ -141,3 +141,111 @@ fn purge_command_applies_retention() {
     );
     assert_eq!(SqliteStore::open(&db).unwrap().count().unwrap(), 1);
 }
+
+fn vigie_cli(args: &[&str], data_dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_vigie"))
+        .env(
+            "VIGIE_LISTS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/blocklists"),
+        )
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn stats_and_accountable_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start("cloak.example");
+    let config = write_config(dir.path(), "");
+    let vigie = Vigie::start(&config, &[upstream.addr], dir.path());
+    let domain = ut1_gambling_domain();
+    for i in 0..5 {
+        udp(vigie.dns, &format!("s{i}.{domain}"), RecordType::A);
+    }
+    assert!(vigie.stop().success());
+
+    let out = vigie_cli(&["audit", "stats"], dir.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("by category:\n         5  gambling"),
+        "{text}"
+    );
+
+    // No justification: refused, nothing exported, nothing recorded.
+    let out = vigie_cli(
+        &[
+            "audit",
+            "export",
+            "--by",
+            "dir",
+            "--justification",
+            "curious",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a written justification"));
+    assert!(out.stdout.is_empty());
+
+    let why = "Enquête 2026-17 demandée par la direction";
+    let out = vigie_cli(
+        &[
+            "audit",
+            "export",
+            "--by",
+            "auditeur",
+            "--justification",
+            why,
+            "--format",
+            "csv",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8_lossy(&out.stdout);
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "id,time,service,client_ip,user,profile,target,host,verdict,category,rule,entry,reference"
+        )
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 5, "{csv}");
+    assert!(rows.iter().all(|r| r.contains(",block,gambling,")), "{csv}");
+    let out = vigie_cli(
+        &[
+            "audit",
+            "export",
+            "--by",
+            "auditeur",
+            "--justification",
+            why,
+        ],
+        dir.path(),
+    );
+    let first: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(first["category"], "gambling");
+
+    // Both exports are on record, with who and why.
+    let mut store = SqliteStore::open(&dir.path().join("audit.db")).unwrap();
+    let log = store.history_accesses(10).unwrap();
+    assert_eq!(log.len(), 2);
+    assert!(
+        log.iter()
+            .all(|a| a.accessed_by == "auditeur" && a.subject == "*" && a.justification == why)
+    );
+}

@@ -214,7 +214,7 @@ impl Store for PgStore {
     fn user_history(
         &mut self,
         access: &HistoryAccess<'_>,
-        user: &str,
+        user: Option<&str>,
         period: Period,
         before: Option<i64>,
         limit: usize,
@@ -229,7 +229,7 @@ impl Store for PgStore {
             &[
                 &ms(Utc::now()),
                 &access.accessed_by,
-                &user,
+                &user.unwrap_or("*"),
                 &access.justification.trim(),
                 &ms(period.from),
                 &ms(period.to),
@@ -239,7 +239,7 @@ impl Store for PgStore {
         let rows = tx
             .query(
                 &format!(
-                    "SELECT {COLUMNS} FROM vigie_events WHERE username = $1 AND time_ms >= $2 AND time_ms < $3 AND id < $4
+                    "SELECT {COLUMNS} FROM vigie_events WHERE ($1::text IS NULL OR username = $1) AND time_ms >= $2 AND time_ms < $3 AND id < $4
                      ORDER BY time_ms DESC, id DESC LIMIT $5"
                 ),
                 &[&user, &ms(period.from), &ms(period.to), &before.unwrap_or(i64::MAX), &(limit as i64)],

@@ -127,12 +127,13 @@ pub trait Store: Send {
         period: Period,
         limit: usize,
     ) -> Result<Vec<(String, u64)>, StoreError>;
-    /// One person's history, newest first, paged by event id; the access itself is
-    /// recorded (who, whose, why, which period) in the same transaction.
+    /// One person's history (or everyone's, `user = None`: an export), newest first,
+    /// paged by event id; the access itself is recorded (who, whose — `*` for
+    /// everyone —, why, which period) in the same transaction.
     fn user_history(
         &mut self,
         access: &HistoryAccess<'_>,
-        user: &str,
+        user: Option<&str>,
         period: Period,
         before: Option<i64>,
         limit: usize,
@@ -339,7 +340,7 @@ impl Store for SqliteStore {
     fn user_history(
         &mut self,
         access: &HistoryAccess<'_>,
-        user: &str,
+        user: Option<&str>,
         period: Period,
         before: Option<i64>,
         limit: usize,
@@ -357,7 +358,7 @@ impl Store for SqliteStore {
             params![
                 ms(Utc::now()),
                 access.accessed_by,
-                user,
+                user.unwrap_or("*"),
                 access.justification.trim(),
                 ms(period.from),
                 ms(period.to)
@@ -367,7 +368,7 @@ impl Store for SqliteStore {
         let events = {
             let mut stmt = tx
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM events WHERE user = ?1 AND time_ms >= ?2 AND time_ms < ?3 AND id < ?4
+                    "SELECT {COLUMNS} FROM events WHERE (?1 IS NULL OR user = ?1) AND time_ms >= ?2 AND time_ms < ?3 AND id < ?4
                      ORDER BY time_ms DESC, id DESC LIMIT ?5"
                 ))
                 .map_err(err)?;
@@ -550,7 +551,7 @@ pub mod conformance {
             justification: "because",
         };
         assert!(matches!(
-            s.user_history(&no_reason, "mtremblay", day(), None, 10),
+            s.user_history(&no_reason, Some("mtremblay"), day(), None, 10),
             Err(StoreError::JustificationRequired { .. })
         ));
         assert!(
@@ -562,7 +563,7 @@ pub mod conformance {
             justification: "Plainte no 2026-114 du conseil d'établissement",
         };
         let page1 = s
-            .user_history(&access, "mtremblay", day(), None, 10)
+            .user_history(&access, Some("mtremblay"), day(), None, 10)
             .unwrap();
         assert_eq!(page1.len(), 10);
         assert!(
@@ -571,7 +572,7 @@ pub mod conformance {
         );
         assert!(page1.iter().all(|e| e.user.as_deref() == Some("mtremblay")));
         let rest = s
-            .user_history(&access, "mtremblay", day(), Some(page1[9].id), 100)
+            .user_history(&access, Some("mtremblay"), day(), Some(page1[9].id), 100)
             .unwrap();
         assert_eq!(rest.len(), 15);
         assert!(rest.iter().all(|e| e.time <= page1[9].time));
@@ -582,6 +583,14 @@ pub mod conformance {
             ("auditeur1", "mtremblay")
         );
         assert!(log[0].justification.contains("Plainte"));
+        // An export of everyone is an access too, recorded with subject "*".
+        let all = s.user_history(&access, None, day(), None, 1000).unwrap();
+        assert_eq!(
+            all.len(),
+            31,
+            "the 5 anonymous events of the day and the 26 of the two users"
+        );
+        assert_eq!(s.history_accesses(1).unwrap()[0].subject, "*");
     }
 
     fn reference_lookup_and_purge(s: &mut dyn Store) {
