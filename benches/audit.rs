@@ -14,7 +14,7 @@ fn event(i: usize) -> AuditEvent {
         time: Utc::now(),
         service: "dns",
         client_ip: "10.1.2.3".parse().expect("literal"),
-        user: (i % 3 == 0).then(|| format!("user{}", i % 500)),
+        user: i.is_multiple_of(3).then(|| format!("user{}", i % 500)),
         identity: "network",
         profile: "eleves".into(),
         target: format!("www.site{}.example.", i % 10_000),

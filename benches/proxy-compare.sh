@@ -158,6 +158,8 @@ sed -i -e "s/^filterports = .*/filterports = ${PORT[e2guardian]}/" -e "s/^filter
 grep -q '^pidfilename' "$E2/e2guardian.conf" || echo "pidfilename = '$E2/e2guardian.pid'" >>"$E2/e2guardian.conf"
 grep -q '^loglocation' "$E2/e2guardian.conf" || echo "loglocation = '$E2/access.log'" >>"$E2/e2guardian.conf"
 cp "$domains" "$E2/lists/bannedsitelist"
+# e2guardian drops to its own user and must write its log there.
+chown -R e2guardian:e2guardian "$E2" 2>/dev/null || true
 
 # ---- helpers ----
 wait_port() { # port seconds
@@ -167,7 +169,8 @@ wait_port() { # port seconds
     sleep 0.1
   done
 }
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; } # utime + stime
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 cat >"$OUT/abs.lua" <<EOF
 wrk.path = "http://localhost:$ORIGIN_PORT/1k"
 wrk.headers["Host"] = "localhost:$ORIGIN_PORT"
@@ -197,7 +200,7 @@ time.sleep(4)
 EOF
 }
 
-declare -A RPS P50 P99 LP50 LP99 LOAD TPUT IDLE_KIB
+declare -A RPS P50 P99 LP50 LP99 LOAD TPUT IDLE_KIB CPU_US
 direct=$(wrk_run "$CONNS" "http://localhost:$ORIGIN_PORT/1k")
 RPS[direct]=$(field "$direct" rps)
 light=$(wrk_run "$LIGHT_CONNS" "http://localhost:$ORIGIN_PORT/1k")
@@ -230,18 +233,26 @@ for s in $SERVERS; do
   LOAD[$s]=$(echo "$(date +%s.%N) - $started" | bc)
   # A blocked name must be refused, an allowed one served (sanity).
   blocked=$(grep -m1 '[a-z]' "$domains")
+  # (e2guardian answers its block page with status 200.)
   code_b=$(curl -s -o /dev/null -w '%{http_code}' -x "http://127.0.0.1:$port" "http://$blocked/" || true)
   code_a=$(curl -s -o /dev/null -w '%{http_code}' -x "http://127.0.0.1:$port" "http://localhost:$ORIGIN_PORT/1k" || true)
   echo "== $s: up in ${LOAD[$s]} s; blocked $blocked → $code_b, allowed → $code_a" >&2
+  # Squid and e2guardian fork: measure the process that serves.
+  server_pid=$pid
+  [ "$s" = squid ] && server_pid=$(pgrep -n -f "squid.*$OUT/squid/squid.conf" || echo "$pid")
+  [ "$s" = e2guardian ] && server_pid=$(pgrep -n -f "e2guardian -c $E2/e2guardian.conf" || echo "$pid")
+  cpu0=$(cpu_ticks "$server_pid")
   out=$(wrk_run "$CONNS" "http://127.0.0.1:$port/" "$OUT/abs.lua")
+  cpu1=$(cpu_ticks "$server_pid")
   RPS[$s]=$(field "$out" rps); P50[$s]=$(field "$out" p50); P99[$s]=$(field "$out" p99)
+  # CPU time per request: steadier than req/s when other work shares the machine.
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  CPU_US[$s]=$(echo "scale=1; ($cpu1 - $cpu0) * 1000000 / $(getconf CLK_TCK) / ${reqs:-1}" | bc)
   light=$(wrk_run "$LIGHT_CONNS" "http://127.0.0.1:$port/" "$OUT/abs.lua")
   LP50[$s]=$(field "$light" p50); LP99[$s]=$(field "$light" p99)
   TPUT[$s]=$(taskset -c "$CLIENT_CPU" curl -sk -x "http://127.0.0.1:$port" -o /dev/null -w '%{speed_download}' \
     "https://localhost:$ORIGIN_TLS_PORT/1g" | cut -d. -f1 || echo 0)
   # Idle connections: RSS before, and while IDLE connections are held open.
-  server_pid=$pid
-  [ "$s" = squid ] && server_pid=$(pgrep -n -f "squid.*$OUT/squid/squid.conf" || echo "$pid")
   before=$(rss_kib "$server_pid")
   exec {idle_fd}< <(taskset -c "$CLIENT_CPU" bash -c "$(declare -f idle_client); idle_client $port $IDLE")
   read -r -t 60 _ <&"$idle_fd" || true
@@ -250,17 +261,21 @@ for s in $SERVERS; do
   exec {idle_fd}<&-
   IDLE_KIB[$s]=$(echo "scale=1; ($after - $before) / $IDLE" | bc)
   kill "$pid" 2>/dev/null || true
-  [ "$s" = squid ] && pkill -f "squid.*$OUT/squid/squid.conf" 2>/dev/null || true
+  # Squid and e2guardian leave children: stop each process this run started, by id.
+  case $s in
+    squid) for p in $(pgrep -f "squid.*$OUT/squid/squid.conf"); do kill "$p" 2>/dev/null || true; done ;;
+    e2guardian) for p in $(pgrep -f "e2guardian -c $E2/e2guardian.conf"); do kill "$p" 2>/dev/null || true; done ;;
+  esac
   wait "$pid" 2>/dev/null || true
   sleep 1
 done
 
 # ---- report ----
-printf '\n| server | load s | req/s (c=%s) | p50 µs | p99 µs | p50 µs (c=%s) | p99 µs (c=%s) | CONNECT MB/s | KiB/idle conn |\n' "$CONNS" "$LIGHT_CONNS" "$LIGHT_CONNS"
-printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
-printf '| direct (nginx) | | %s | | | %s | %s | %s | |\n' "${RPS[direct]}" "${LP50[direct]}" "${LP99[direct]}" "$((${TPUT[direct]:-0} / 1000000))"
+printf '\n| server | load s | req/s (c=%s) | CPU µs/req | p50 µs | p99 µs | p50 µs (c=%s) | p99 µs (c=%s) | CONNECT MB/s | KiB/idle conn |\n' "$CONNS" "$LIGHT_CONNS" "$LIGHT_CONNS"
+printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
+printf '| direct (nginx) | | %s | | | | %s | %s | %s | |\n' "${RPS[direct]}" "${LP50[direct]}" "${LP99[direct]}" "$((${TPUT[direct]:-0} / 1000000))"
 for s in $SERVERS; do
   [ -n "${RPS[$s]:-}" ] || continue
-  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$s" "${LOAD[$s]}" "${RPS[$s]}" "${P50[$s]}" "${P99[$s]}" \
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$s" "${LOAD[$s]}" "${RPS[$s]}" "${CPU_US[$s]}" "${P50[$s]}" "${P99[$s]}" \
     "${LP50[$s]}" "${LP99[$s]}" "$((${TPUT[$s]:-0} / 1000000))" "${IDLE_KIB[$s]}"
 done

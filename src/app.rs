@@ -127,11 +127,12 @@ async fn serve(
             own: vec![dns_addr, admin_addr],
             data_dir: opts.data_dir.clone(),
             admin_url: format!("http://{admin_addr}"),
+            identities: identities.clone(),
         },
     )
     .await?;
     let proxy_addr = proxy.local_addr().unwrap_or(opts.proxy_listen);
-    let (transparent_http, transparent_tls) = proxy.transparent_addrs();
+    let proxy_optional = proxy.optional_addrs();
     proxy.serve(&mut tasks, tracker.clone(), cancel.clone());
     let pac = crate::proxy::pac::router(store.clone(), proxy_addr);
 
@@ -160,16 +161,11 @@ async fn serve(
         "dns on {dns_addr} (udp+tcp), upstreams {}, admin on http://{admin_addr}",
         handler_upstreams(&handler)
     );
-    tracing::info!(
-        "proxy on {proxy_addr}, transparent http {transparent_http:?}, transparent tls {transparent_tls:?}"
-    );
+    tracing::info!("proxy on {proxy_addr}, also {proxy_optional:?}");
     // Scripts and tests wait for this line (and read the ports from it).
     let mut ready = format!("vigie ready: dns {dns_addr} admin {admin_addr} proxy {proxy_addr}");
-    if let Some(a) = transparent_http {
-        ready.push_str(&format!(" transparent_http {a}"));
-    }
-    if let Some(a) = transparent_tls {
-        ready.push_str(&format!(" transparent_tls {a}"));
+    for (name, addr) in &proxy_optional {
+        ready.push_str(&format!(" {name} {addr}"));
     }
     println!("{ready}");
 

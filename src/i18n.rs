@@ -90,6 +90,7 @@ pub enum Msg {
     OriginError,
     Busy,
     Loop,
+    NotBlockedNow,
 }
 
 /// The text of `msg` in `lang`.
@@ -199,6 +200,10 @@ fn entry(msg: Msg) -> (&'static str, &'static str) {
         Busy => (
             "Le mandataire est surchargé ; réessayez dans un instant.",
             "The proxy is overloaded; try again in a moment.",
+        ),
+        NotBlockedNow => (
+            "Ce site n'est pas bloqué pour vous en ce moment : votre appareil a gardé une ancienne réponse DNS. Réessayez dans une minute.",
+            "This site is not blocked for you now: your device kept an old DNS answer. Try again in a minute.",
         ),
         Loop => (
             "Cette adresse est celle du filtre lui-même.",

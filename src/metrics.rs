@@ -290,7 +290,7 @@ pub static PROXY_REQUESTS_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// Requests the proxy refused itself, by reason (`client_network`, `auth`, `auth_throttled`,
 /// `internal`, `own`, `port`, `not_tls`, `bad_request`, `dns`, `upstream`,
-/// `upstream_timeout`, `no_original_dst`).
+/// `upstream_timeout`, `no_original_dst`, `not_blocked`).
 pub static PROXY_REFUSED_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "vigie_proxy_refused_total",

@@ -298,7 +298,8 @@ const PERSONNEL: &str = "127.0.0.3";
 const AUTH_CLIENT: &str = "127.0.0.4";
 const OUTSIDER: &str = "127.0.0.9";
 
-fn write_proxy_config(dir: &Path, allow_loopback: bool, tls_port: u16) -> PathBuf {
+/// `extra`: more `[proxy]` keys.
+fn write_proxy_config(dir: &Path, allow_loopback: bool, tls_port: u16, extra: &str) -> PathBuf {
     let lists = Path::new(env!("CARGO_MANIFEST_DIR")).join("blocklists");
     let text = format!(
         r#"
@@ -315,6 +316,7 @@ connect_ports = [443, {tls_port}]
 auth_required_networks = ["127.0.0.4/32"]
 users_file = "{users}"
 header_timeout_ms = 1500
+{extra}
 client_hello_timeout_ms = 1500
 
 [[categories]]
@@ -356,7 +358,11 @@ profile = "personnel"
 }
 
 fn start_vigie(dir: &Path, allow_loopback: bool, tls_port: u16) -> Vigie {
-    let cfg = write_proxy_config(dir, allow_loopback, tls_port);
+    start_vigie_with(dir, allow_loopback, tls_port, "")
+}
+
+fn start_vigie_with(dir: &Path, allow_loopback: bool, tls_port: u16, extra: &str) -> Vigie {
+    let cfg = write_proxy_config(dir, allow_loopback, tls_port, extra);
     // The DNS service needs an upstream; the proxy tests never query it.
     Vigie::start(&cfg, &["127.0.0.1:9".parse().unwrap()], dir)
 }
@@ -1162,4 +1168,148 @@ fn proxy_refuses_ssrf_outsiders_and_slow_clients() {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+}
+
+/// Headless Chromium (Debian `chromium`, installed by `tests/run`) through the
+/// proxy: an allowed page, the French block page for a listed site, and a refused
+/// CONNECT for the same site over HTTPS (Chromium shows its own error page there).
+#[test]
+fn proxy_chromium_gets_the_block_page() {
+    let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!(
+            "proxy_chromium_gets_the_block_page: no chromium on this machine (tests/run installs it): nothing checked"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start();
+    let v = start_vigie(dir.path(), true, 443);
+    let dump = |url: &str| -> String {
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--accept-lang=fr-CA,fr",
+                // Chromium never proxies loopback unless told to.
+                "--proxy-bypass-list=<-loopback>",
+                "--dump-dom",
+            ])
+            .arg(format!("--proxy-server=http://{}", v.proxy))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("chromium did not finish loading {url}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        out
+    };
+    let page = dump(&format!("http://localhost:{}/hello", origin.port()));
+    assert!(page.contains("hello from origin"), "{page}");
+    let page = dump(&format!("http://www.{GAMBLING}/"));
+    for needle in ["Accès bloqué", "Jeux d'argent", "Demander une révision"] {
+        assert!(page.contains(needle), "missing {needle:?} in\n{page}");
+    }
+    let ev = audit_line(dir.path(), &["\"kind\":\"http\"", "\"verdict\":\"block\""]);
+    assert_eq!(ev["category"], "gambling");
+    let _ = dump(&format!("https://www.{GAMBLING}/"));
+    let ev = audit_line(
+        dir.path(),
+        &["\"kind\":\"connect\"", "\"verdict\":\"block\""],
+    );
+    assert_eq!(ev["status"], 403);
+    assert_eq!(ev["port"], 443);
+}
+
+/// `max_connections` bounds client connections, tunnels included: a third client
+/// waits (in the listen backlog) until one of two open tunnels ends.
+#[test]
+fn proxy_max_connections_counts_tunnels() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start();
+    let tls = TlsOrigin::start();
+    let port = tls.addr.port();
+    let v = start_vigie_with(dir.path(), true, port, "max_connections = 2");
+    rt().block_on(async {
+        let mut tunnels = Vec::new();
+        for _ in 0..2 {
+            let (status, _, s) = connect_via(v.proxy, "127.0.0.1", &format!("localhost:{port}"), "").await;
+            assert_eq!(status, 200);
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            tunnels.push(tls_client(&tls.cert_der).connect(name, s).await.unwrap());
+        }
+        let mut third = tokio::net::TcpStream::connect(v.proxy).await.unwrap();
+        let req = format!("GET http://localhost:{p}/hello HTTP/1.1\r\nHost: localhost:{p}\r\nConnection: close\r\n\r\n", p = origin.port());
+        third.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let early = tokio::time::timeout(Duration::from_millis(1500), third.read(&mut buf)).await;
+        assert!(early.is_err(), "served while two tunnels held both places: {early:?}");
+        drop(tunnels.pop());
+        let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf)).await.expect("served once a tunnel ended").unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    });
+}
+
+/// The block-page listener (`block_page_listen`): what a browser reaches when the
+/// DNS filter answered a blocked name with vigie's address and no proxy is used.
+#[test]
+fn proxy_block_page_listener_explains_dns_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = start_vigie_with(dir.path(), true, 443, "block_page_listen = \"127.0.0.1:0\"");
+    let addr = v
+        .extra
+        .iter()
+        .find(|(k, _)| k == "block_page")
+        .map(|(_, a)| *a)
+        .expect("block_page in the ready line");
+    let get = |host: &str, lang: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET /jeux?x=1 HTTP/1.1\r\nHost: {host}\r\nAccept-Language: {lang}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let page = get(&format!("www.{GAMBLING}"), "fr-CA");
+    assert!(page.starts_with("HTTP/1.1 403"), "{page}");
+    for needle in [
+        "Accès bloqué",
+        "Jeux d&#39;argent",
+        &format!("http://www.{GAMBLING}/jeux?x=1"),
+    ] {
+        assert!(page.contains(needle), "missing {needle:?} in\n{page}");
+    }
+    let page = get("example.org:80", "en");
+    assert!(page.starts_with("HTTP/1.1 503"), "{page}");
+    assert!(page.contains("not blocked for you now"), "{page}");
+    let ev = audit_line(
+        dir.path(),
+        &["\"kind\":\"block_page\"", "\"verdict\":\"block\""],
+    );
+    assert_eq!(ev["category"], "gambling");
 }

@@ -19,8 +19,16 @@ const ORIGIN: &str = "203.0.113.80";
 const GAMBLING: &str = "0-casino.info";
 
 fn run(args: &[&str]) -> Output {
-    let out = Command::new(args[0]).args(&args[1..]).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -41,12 +49,25 @@ impl Lab {
     /// `curl` in the client namespace (no proxy); exit code, status and body.
     fn curl(&self, args: &[&str]) -> (i32, String) {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.client, "curl", "-s", "--max-time", "10", "-D", "-"])
+            .args([
+                "netns",
+                "exec",
+                &self.client,
+                "curl",
+                "-s",
+                "--max-time",
+                "10",
+                "-D",
+                "-",
+            ])
             .args(args)
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 }
 
@@ -66,16 +87,27 @@ fn audit_line(dir: &Path, needles: &[&str]) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let text = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default();
-        if let Some(line) = text.lines().rev().find(|l| needles.iter().all(|n| l.contains(n))) {
+        if let Some(line) = text
+            .lines()
+            .rev()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+        {
             return serde_json::from_str(line).unwrap();
         }
-        assert!(Instant::now() < deadline, "no audit line with {needles:?} in:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "no audit line with {needles:?} in:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 #[test]
@@ -93,7 +125,21 @@ fn proxy_transparent_mode_in_network_namespaces() {
     let (vc, vg) = (format!("vc{id}"), format!("vg{id}"));
     run(&["ip", "netns", "add", &lab.client]);
     run(&["ip", "netns", "add", &lab.gateway]);
-    run(&["ip", "link", "add", &vc, "netns", &lab.client, "type", "veth", "peer", "name", &vg, "netns", &lab.gateway]);
+    run(&[
+        "ip",
+        "link",
+        "add",
+        &vc,
+        "netns",
+        &lab.client,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &vg,
+        "netns",
+        &lab.gateway,
+    ]);
     let (c, g) = (lab.client.clone(), lab.gateway.clone());
     for cmd in [
         vec!["ip", "link", "set", "lo", "up"],
@@ -129,7 +175,9 @@ fn proxy_transparent_mode_in_network_namespaces() {
     let www = dir.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("hello.txt"), "hello transparent\n").unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["site.test".to_string(), GAMBLING.to_string()]).unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["site.test".to_string(), GAMBLING.to_string()])
+            .unwrap();
     std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
     std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
     let spawn = |args: &[&str]| {
@@ -143,7 +191,16 @@ fn proxy_transparent_mode_in_network_namespaces() {
             .unwrap()
     };
     let www_s = www.to_str().unwrap().to_string();
-    lab.children.push(spawn(&["python3", "-m", "http.server", "80", "--bind", ORIGIN, "--directory", &www_s]));
+    lab.children.push(spawn(&[
+        "python3",
+        "-m",
+        "http.server",
+        "80",
+        "--bind",
+        ORIGIN,
+        "--directory",
+        &www_s,
+    ]));
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
     let accept = format!("{ORIGIN}:443");
@@ -196,8 +253,20 @@ bare_ip = "block"
         ),
     )
     .unwrap();
-    let v = Vigie::start_wrapped(&["ip", "netns", "exec", &g], &cfg, &["127.0.0.1:9".parse().unwrap()], dir.path(), &[]);
-    assert!(v.extra.iter().any(|(k, a)| k == "transparent_http" && a.port() == 3129), "{:?}", v.extra);
+    let v = Vigie::start_wrapped(
+        &["ip", "netns", "exec", &g],
+        &cfg,
+        &["127.0.0.1:9".parse().unwrap()],
+        dir.path(),
+        &[],
+    );
+    assert!(
+        v.extra
+            .iter()
+            .any(|(k, a)| k == "transparent_http" && a.port() == 3129),
+        "{:?}",
+        v.extra
+    );
 
     // The origins take a moment to start: wait (bounded) for the first success.
     let resolve = format!("site.test:80:{ORIGIN}");
@@ -222,14 +291,24 @@ bare_ip = "block"
     // A bare IP in the Host header follows the profile (eleves: bare_ip = block).
     let (_, out) = lab.curl(&[&format!("http://{ORIGIN}/hello.txt")]);
     assert!(out.starts_with("HTTP/1.1 403"), "{out}");
-    assert!(out.contains("x-vigie-rule: eleves: bare_ip = block"), "{out}");
+    assert!(
+        out.contains("x-vigie-rule: eleves: bare_ip = block"),
+        "{out}"
+    );
 
     // Plain HTTP to a blocked name (the Host header names it).
     let resolve = format!("{GAMBLING}:80:{ORIGIN}");
     let (_, out) = lab.curl(&["--resolve", &resolve, &format!("http://{GAMBLING}/")]);
     assert!(out.starts_with("HTTP/1.1 403"), "{out}");
     assert!(out.contains("Accès bloqué"), "{out}");
-    let ev = audit_line(dir.path(), &["\"kind\":\"transparent_http\"", "\"verdict\":\"block\""]);
+    let ev = audit_line(
+        dir.path(),
+        &[
+            "\"kind\":\"transparent_http\"",
+            "\"verdict\":\"block\"",
+            GAMBLING,
+        ],
+    );
     assert_eq!(ev["category"], "gambling");
 
     // TLS, allowed on its SNI: the tunnel reaches the original destination.
@@ -237,7 +316,10 @@ bare_ip = "block"
     let (code, out) = lab.curl(&["-k", "--resolve", &resolve, "https://site.test/"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("HTTP/1.0 200"), "{out}");
-    let ev = audit_line(dir.path(), &["\"kind\":\"transparent_tls\"", "\"sni\":\"site.test\""]);
+    let ev = audit_line(
+        dir.path(),
+        &["\"kind\":\"transparent_tls\"", "\"sni\":\"site.test\""],
+    );
     assert_eq!(ev["verdict"], "allow");
     assert!(ev["bytes_down"].as_u64().unwrap() > 100);
 
@@ -245,15 +327,33 @@ bare_ip = "block"
     let resolve = format!("{GAMBLING}:443:{ORIGIN}");
     let (code, _) = lab.curl(&["-k", "--resolve", &resolve, &format!("https://{GAMBLING}/")]);
     assert_eq!(code, 35, "curl: SSL connect error");
-    let ev = audit_line(dir.path(), &["\"kind\":\"transparent_tls\"", &format!("\"sni\":\"{GAMBLING}\"")]);
+    let ev = audit_line(
+        dir.path(),
+        &[
+            "\"kind\":\"transparent_tls\"",
+            &format!("\"sni\":\"{GAMBLING}\""),
+        ],
+    );
     assert_eq!(ev["verdict"], "block");
     assert_eq!(ev["category"], "gambling");
 
     // Not TLS on port 443: refused as circumvention, nothing comes back.
-    let script = format!("exec 3<>/dev/tcp/{ORIGIN}/443; printf 'SSH-2.0-OpenSSH_9.2\\r\\n' >&3; timeout 5 cat <&3");
-    let out = Command::new("ip").args(["netns", "exec", &c, "bash", "-c", &script]).output().unwrap();
-    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
-    let ev = audit_line(dir.path(), &["\"kind\":\"transparent_tls\"", "\"protocol\":\"ssh\""]);
+    let script = format!(
+        "exec 3<>/dev/tcp/{ORIGIN}/443; printf 'SSH-2.0-OpenSSH_9.2\\r\\n' >&3; timeout 5 cat <&3"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &c, "bash", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let ev = audit_line(
+        dir.path(),
+        &["\"kind\":\"transparent_tls\"", "\"protocol\":\"ssh\""],
+    );
     assert_eq!(ev["verdict"], "block");
     assert_eq!(ev["refused"], "not_tls");
 

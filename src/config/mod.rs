@@ -213,6 +213,7 @@ pub struct ProxyConfig {
     pub via_name: String,
     pub transparent_http_listen: Option<std::net::SocketAddr>,
     pub transparent_tls_listen: Option<std::net::SocketAddr>,
+    pub block_page_listen: Option<std::net::SocketAddr>,
     pub log_allowed: bool,
 }
 
@@ -240,6 +241,7 @@ impl Default for ProxyConfig {
             via_name: raw.via_name,
             transparent_http_listen: None,
             transparent_tls_listen: None,
+            block_page_listen: None,
             log_allowed: raw.log_allowed,
         }
     }
@@ -824,6 +826,7 @@ impl Validator<'_> {
         );
         let transparent_tls_listen =
             listen(self, &raw.transparent_tls_listen, "transparent_tls_listen");
+        let block_page_listen = listen(self, &raw.block_page_listen, "block_page_listen");
         ProxyConfig {
             connect_ports: raw.connect_ports.clone(),
             max_connections: raw.max_connections,
@@ -847,6 +850,7 @@ impl Validator<'_> {
             via_name: raw.via_name.clone(),
             transparent_http_listen,
             transparent_tls_listen,
+            block_page_listen,
             log_allowed: raw.log_allowed,
         }
     }

@@ -456,6 +456,11 @@ pub struct RawProxy {
     /// Transparent TLS listener (redirect of port 443), e.g. `0.0.0.0:3130`. Absent: off.
     #[serde(default)]
     pub transparent_tls_listen: Option<Spanned<String>>,
+    /// Plain-HTTP listener that answers every request with the block page for its
+    /// Host, e.g. `0.0.0.0:80` on the address `[dns] block_page_ipv4` names, for
+    /// clients that use neither the proxy nor the transparent redirect. Absent: off.
+    #[serde(default)]
+    pub block_page_listen: Option<Spanned<String>>,
     /// Record allowed requests in the audit log too (default: yes — the proxy's audit
     /// is the record of who went where).
     #[serde(default = "default_true")]
@@ -484,6 +489,7 @@ impl Default for RawProxy {
             via_name: default_via_name(),
             transparent_http_listen: None,
             transparent_tls_listen: None,
+            block_page_listen: None,
             log_allowed: true,
         }
     }

@@ -18,15 +18,18 @@ use arc_swap::ArcSwap;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine as _;
+
+use crate::identity::limiter::LoginLimiter;
 use password_hash::rand_core::OsRng;
 
 /// How long a verified credential is trusted without re-running argon2.
 const VERIFIED_TTL: Duration = Duration::from_secs(600);
 /// How often the users file's modification time is looked at.
 const RECHECK_EVERY: Duration = Duration::from_secs(2);
-/// Failed attempts one client address may make per [`FAILURE_WINDOW`] before its
-/// credentials are refused without being checked: guessing passwords, or burning
-/// the gateway's CPU on argon2, stops there.
+/// Failed attempts a user name or a client address may make per
+/// [`FAILURE_WINDOW`] before its credentials are refused without being checked
+/// (`identity::limiter`, shared with the other login doors): guessing passwords, or
+/// burning the gateway's CPU on argon2, stops there.
 const MAX_FAILURES: u32 = 20;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
@@ -183,7 +186,7 @@ pub enum Credentials {
     Valid(Arc<str>),
     /// Malformed, unknown user or wrong password.
     Invalid,
-    /// Too many failures from this client lately: not even checked.
+    /// Too many failures for this user or from this client lately: not even checked.
     Throttled,
 }
 
@@ -193,7 +196,7 @@ pub struct Authenticator {
     users: ArcSwap<HashMap<String, String>>,
     seen: Mutex<(Instant, Option<SystemTime>)>,
     verified: moka::sync::Cache<u128, Arc<str>>,
-    failures: moka::sync::Cache<std::net::IpAddr, u32>,
+    limiter: LoginLimiter,
 }
 
 impl Authenticator {
@@ -207,10 +210,7 @@ impl Authenticator {
                 .max_capacity(100_000)
                 .time_to_live(VERIFIED_TTL)
                 .build(),
-            failures: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(FAILURE_WINDOW)
-                .build(),
+            limiter: LoginLimiter::new(MAX_FAILURES, FAILURE_WINDOW),
         };
         a.reload();
         a
@@ -258,16 +258,11 @@ impl Authenticator {
     }
 
     /// Checks a `Proxy-Authorization` value sent by `client`.
+    ///
+    /// A credential verified lately is accepted from the cache before the limiter is
+    /// asked: someone guessing a teacher's password must not cut off the teacher's
+    /// browser, which proved it already.
     pub async fn check(self: &Arc<Self>, client: std::net::IpAddr, header: &[u8]) -> Credentials {
-        let outcome = self.check_inner(client, header).await;
-        if outcome == Credentials::Invalid {
-            let n = self.failures.get(&client).unwrap_or(0);
-            self.failures.insert(client, n.saturating_add(1));
-        }
-        outcome
-    }
-
-    async fn check_inner(self: &Arc<Self>, client: std::net::IpAddr, header: &[u8]) -> Credentials {
         self.reload_if_changed(false);
         let Some((user, password)) = parse_basic(header) else {
             return Credentials::Invalid;
@@ -277,7 +272,7 @@ impl Authenticator {
         if let Some(name) = self.verified.get(&key) {
             return Credentials::Valid(name);
         }
-        if self.failures.get(&client).unwrap_or(0) >= MAX_FAILURES {
+        if self.limiter.check(&user, client, Instant::now()).is_err() {
             return Credentials::Throttled;
         }
         if !self.users.load().contains_key(&user) {
@@ -285,6 +280,7 @@ impl Authenticator {
             self.reload_if_changed(true);
         }
         let Some(hash) = self.users.load().get(&user).cloned() else {
+            self.limiter.failure(&user, client, Instant::now());
             return Credentials::Invalid;
         };
         let ok = tokio::task::spawn_blocking(move || {
@@ -297,10 +293,12 @@ impl Authenticator {
         .await
         .unwrap_or(false);
         if ok {
+            self.limiter.success(&user, client);
             let name: Arc<str> = Arc::from(user.as_str());
             self.verified.insert(key, name.clone());
             Credentials::Valid(name)
         } else {
+            self.limiter.failure(&user, client, Instant::now());
             Credentials::Invalid
         }
     }
@@ -362,12 +360,14 @@ mod tests {
             )
         };
         assert_eq!(
-            auth.check(ip, hdr("alice", "correct horse").as_bytes()).await,
+            auth.check(ip, hdr("alice", "correct horse").as_bytes())
+                .await,
             Credentials::Valid("alice".into())
         );
         // Second time from the cache.
         assert_eq!(
-            auth.check(ip, hdr("alice", "correct horse").as_bytes()).await,
+            auth.check(ip, hdr("alice", "correct horse").as_bytes())
+                .await,
             Credentials::Valid("alice".into())
         );
         assert_eq!(
@@ -378,15 +378,27 @@ mod tests {
             auth.check(ip, hdr("mallory", "pw").as_bytes()).await,
             Credentials::Invalid
         );
-        // A client that keeps guessing is cut off before argon2 runs; a cached good
-        // credential still works, another client is not affected.
+        // An address that keeps guessing is cut off before argon2 runs
+        // (identity::limiter); a credential verified lately still works, and the
+        // right password from elsewhere too (the address hit the limit first, so the
+        // user's own count is still below it).
         for _ in 0..MAX_FAILURES {
             auth.check(ip, hdr("bob", "guess").as_bytes()).await;
         }
-        assert_eq!(auth.check(ip, hdr("bob", "pw").as_bytes()).await, Credentials::Throttled);
-        assert_eq!(auth.check(ip, hdr("alice", "correct horse").as_bytes()).await, Credentials::Valid("alice".into()));
+        assert_eq!(
+            auth.check(ip, hdr("bob", "pw").as_bytes()).await,
+            Credentials::Throttled
+        );
         let other: std::net::IpAddr = "10.0.0.8".parse().unwrap();
-        assert_eq!(auth.check(other, hdr("bob", "pw").as_bytes()).await, Credentials::Valid("bob".into()));
+        assert_eq!(
+            auth.check(other, hdr("bob", "pw").as_bytes()).await,
+            Credentials::Valid("bob".into())
+        );
+        assert_eq!(
+            auth.check(ip, hdr("alice", "correct horse").as_bytes())
+                .await,
+            Credentials::Valid("alice".into())
+        );
         delete_user(&path, "bob").unwrap();
         assert_eq!(read_users(&path).unwrap().len(), 1);
         let text = std::fs::read_to_string(&path).unwrap();

@@ -79,6 +79,7 @@ pub async fn handle(
     let kind = match (is_connect, conn.mode) {
         (true, _) => Kind::Connect,
         (false, Mode::TransparentHttp) => Kind::TransparentHttp,
+        (false, Mode::BlockPage) => Kind::BlockPage,
         _ => Kind::Http,
     };
     let client_ip = canonical_ip(conn.peer.ip());
@@ -112,7 +113,7 @@ pub async fn handle(
     log.identity(&snap, &identity);
 
     if is_connect {
-        return super::tunnel::connect(p, snap, req, identity, lang, log, tracker).await;
+        return super::tunnel::connect(p, conn, snap, req, identity, lang, log, tracker).await;
     }
 
     // The target: absolute-form (explicit) or Host + original destination (transparent).
@@ -148,7 +149,7 @@ pub async fn handle(
         (None, Some(ip)) => Some(SocketAddr::new(ip, port)),
         (None, None) => None,
     };
-    if let Some(addr) = checked
+    if let Some(addr) = checked.filter(|_| conn.mode != Mode::BlockPage)
         && let Err(why) = p.dialer.guard.check(addr)
     {
         return refuse(forbidden_page(why), &log);
@@ -175,6 +176,23 @@ pub async fn handle(
             log.decision(&snap, &d2, &ip_req);
             return block_page(&p, &snap, &d2, &identity, lang, &policy_url, &log, false);
         }
+    }
+    if conn.mode == Mode::BlockPage {
+        // Nothing is forwarded from here: the page says why, or that the name is
+        // no longer blocked for this client (a DNS answer cached from before).
+        return match d.verdict {
+            Verdict::Block => block_page(&p, &snap, &d, &identity, lang, &policy_url, &log, false),
+            _ => error_page(
+                Page {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    reason: Msg::NotBlockedNow,
+                    refused: "not_blocked",
+                },
+                lang,
+                &policy_url,
+                &log,
+            ),
+        };
     }
     let dial_host = match d.verdict {
         Verdict::Block => {
@@ -266,7 +284,9 @@ pub async fn handle(
         }
         rp.headers.append(header::VIA, p.via.clone());
         let tunnel_log = log.clone();
+        let holds_place = conn.clone();
         tracker.spawn(async move {
+            let _conn = holds_place;
             match tokio::try_join!(client_upgrade, origin_upgrade) {
                 Ok((c, o)) => {
                     super::tunnel::splice(TokioIo::new(c), TokioIo::new(o), &tunnel_log, idle).await
@@ -316,6 +336,29 @@ fn describe_target(req: &Request<Incoming>, conn: &Conn) -> String {
 /// The absolute URI asked for and, in transparent mode, where to connect.
 fn target_of(req: &Request<Incoming>, conn: &Conn) -> Result<(Uri, Option<SocketAddr>), Page> {
     match conn.mode {
+        Mode::BlockPage => {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| {
+                    h.rsplit_once(':')
+                        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                        .map(|(h, _)| h)
+                        .unwrap_or(h)
+                })
+                .filter(|h| !h.is_empty())
+                .ok_or_else(bad_request)?;
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let uri: Uri = format!("http://{host}{pq}")
+                .parse()
+                .map_err(|_| bad_request())?;
+            Ok((uri, None))
+        }
         Mode::TransparentHttp => {
             let dst = conn.original_dst.ok_or_else(bad_request)?;
             let host = req
@@ -485,7 +528,9 @@ pub enum AuthFailure {
 }
 
 /// The identity behind a request: credentials when sent (explicit mode), else the
-/// client's network. Authentication is demanded only where configured.
+/// identity table (a portal or LDAP login bound to the address, a static mapping,
+/// the network). Authentication is demanded only where configured, and not from a
+/// client a login already identified.
 async fn identify(
     p: &Arc<Proxy>,
     snap: &Snapshot,
@@ -493,7 +538,8 @@ async fn identify(
     headers: &HeaderMap,
 ) -> Result<Identity, AuthFailure> {
     let ip = canonical_ip(conn.peer.ip());
-    let mut id = Identity::from_ip(snap, ip);
+    // Credentials beat the identity table (identity::IdentityTable's precedence).
+    let mut id = p.identities.resolve(snap, ip, Utc::now());
     if conn.mode != Mode::Explicit {
         return Ok(id);
     }
@@ -513,7 +559,15 @@ async fn identify(
             super::auth::Credentials::Invalid => Err(AuthFailure::Invalid),
             super::auth::Credentials::Throttled => Err(AuthFailure::Throttled),
         },
-        None if required => Err(AuthFailure::Missing),
+        None if required
+            && !(id.user.is_some()
+                && matches!(
+                    id.source,
+                    IdentitySource::Portal | IdentitySource::ProxyAuth
+                )) =>
+        {
+            Err(AuthFailure::Missing)
+        }
         None => Ok(id),
     }
 }

@@ -30,6 +30,7 @@ pub enum Kind {
     Connect,
     TransparentHttp,
     TransparentTls,
+    BlockPage,
 }
 
 impl Kind {
@@ -38,6 +39,7 @@ impl Kind {
             Kind::Http => "http",
             Kind::Connect => "connect",
             Kind::TransparentHttp => "transparent_http",
+            Kind::BlockPage => "block_page",
             Kind::TransparentTls => "transparent_tls",
         }
     }

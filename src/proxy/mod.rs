@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditSink;
+use crate::identity::IdentityTable;
 use crate::snapshot::SnapshotStore;
 
 pub use server::Mode;
@@ -63,7 +64,7 @@ pub enum ProxyError {
 }
 
 /// Where vigie's other services listen, so the proxy never forwards to them.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Setup {
     pub listen: SocketAddr,
     /// vigie's other listeners (DNS, admin).
@@ -73,6 +74,9 @@ pub struct Setup {
     /// The admin app's base URL (`http://127.0.0.1:8080`), for review links when
     /// `[proxy] review_url` is not set.
     pub admin_url: String,
+    /// Who is logged in where (portal, LDAP): the identity of a client that sends
+    /// no proxy credentials.
+    pub identities: Arc<IdentityTable>,
 }
 
 /// State shared by every connection of the proxy.
@@ -85,6 +89,7 @@ pub struct Proxy {
     review_url: String,
     via: ::http::HeaderValue,
     limit: Arc<Semaphore>,
+    identities: Arc<IdentityTable>,
 }
 
 /// The bound listeners, ready to serve.
@@ -93,6 +98,7 @@ pub struct Listeners {
     explicit: TcpListener,
     transparent_http: Option<TcpListener>,
     transparent_tls: Option<TcpListener>,
+    block_page: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -100,15 +106,17 @@ impl Listeners {
         self.explicit.local_addr().ok()
     }
 
-    pub fn transparent_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
-        (
-            self.transparent_http
-                .as_ref()
-                .and_then(|l| l.local_addr().ok()),
-            self.transparent_tls
-                .as_ref()
-                .and_then(|l| l.local_addr().ok()),
-        )
+    /// The optional listeners that are on, by name (`transparent_http`,
+    /// `transparent_tls`, `block_page`), for logs and the ready line.
+    pub fn optional_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
+        [
+            ("transparent_http", &self.transparent_http),
+            ("transparent_tls", &self.transparent_tls),
+            ("block_page", &self.block_page),
+        ]
+        .into_iter()
+        .filter_map(|(name, l)| Some((name, l.as_ref()?.local_addr().ok()?)))
+        .collect()
     }
 
     /// Starts one accept loop per listener under `tasks`; connections run under
@@ -133,12 +141,15 @@ impl Listeners {
         }
         if let Some(l) = self.transparent_tls {
             tasks.spawn(server::accept_loop(
-                p,
+                p.clone(),
                 l,
                 Mode::TransparentTls,
-                tracker,
-                cancel,
+                tracker.clone(),
+                cancel.clone(),
             ));
+        }
+        if let Some(l) = self.block_page {
+            tasks.spawn(server::accept_loop(p, l, Mode::BlockPage, tracker, cancel));
         }
     }
 }
@@ -177,10 +188,15 @@ pub async fn setup(
         Some(a) => Some(bind(a).await?),
         None => None,
     };
+    let block_page = match cfg.block_page_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
     let mut own = setup.own.clone();
     own.extend(explicit.local_addr().ok());
     own.extend(transparent_http.as_ref().and_then(|l| l.local_addr().ok()));
     own.extend(transparent_tls.as_ref().and_then(|l| l.local_addr().ok()));
+    own.extend(block_page.as_ref().and_then(|l| l.local_addr().ok()));
     let dialer = Arc::new(dial::Dialer {
         guard: guard::Guard::new(cfg, own, guard::local_addresses()),
         connect_timeout: cfg.connect_timeout,
@@ -223,12 +239,14 @@ pub async fn setup(
         review_url,
         via,
         limit: Arc::new(Semaphore::new(cfg.max_connections)),
+        identities: setup.identities.clone(),
     });
     Ok(Listeners {
         proxy,
         explicit,
         transparent_http,
         transparent_tls,
+        block_page,
     })
 }
 
@@ -243,8 +261,14 @@ mod tests {
         let cfg = config::parse("[profiles.invites]\n", "t.toml", Path::new("/etc/vigie")).unwrap();
         let p = &cfg.proxy;
         assert_eq!(p.connect_ports, vec![443]);
-        assert!(!p.allow_loopback_origins, "loopback origins are refused unless asked for");
-        assert!(p.transparent_http_listen.is_none() && p.transparent_tls_listen.is_none(), "transparent mode is off by default");
+        assert!(
+            !p.allow_loopback_origins,
+            "loopback origins are refused unless asked for"
+        );
+        assert!(
+            p.transparent_http_listen.is_none() && p.transparent_tls_listen.is_none(),
+            "transparent mode is off by default"
+        );
         assert_eq!(p.sni_mismatch, SniMismatch::DecideBoth);
 
         let text = r#"
@@ -262,16 +286,24 @@ header_timeout_ms = 2500
         let p = &cfg.proxy;
         assert_eq!(p.connect_ports, vec![443, 8443]);
         assert_eq!(p.internal_networks.len(), 2);
-        assert_eq!(p.users_file.as_deref(), Some(Path::new("/etc/vigie/users.txt")));
+        assert_eq!(
+            p.users_file.as_deref(),
+            Some(Path::new("/etc/vigie/users.txt"))
+        );
         assert_eq!(p.sni_mismatch, SniMismatch::Block);
-        assert_eq!(p.transparent_http_listen, Some("0.0.0.0:3129".parse().unwrap()));
+        assert_eq!(
+            p.transparent_http_listen,
+            Some("0.0.0.0:3129".parse().unwrap())
+        );
         assert_eq!(p.header_timeout, std::time::Duration::from_millis(2500));
     }
 
     #[test]
     fn proxy_section_errors_point_at_the_problem() {
         let text = "[profiles.invites]\n[proxy]\ninternal_networks = [\"10.9.0.0/33\"]\nvia_name = \"a b\"\nmax_header_bytes = 100\ntransparent_tls_listen = \"nowhere\"\nconect_ports = [443]\n";
-        let err = config::parse(text, "t.toml", Path::new("/")).unwrap_err().to_string();
+        let err = config::parse(text, "t.toml", Path::new("/"))
+            .unwrap_err()
+            .to_string();
         for needle in [
             "t.toml:3:22: invalid CIDR \"10.9.0.0/33\"",
             "proxy.via_name",

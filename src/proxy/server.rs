@@ -15,6 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,6 +34,9 @@ pub enum Mode {
     TransparentHttp,
     /// Port 443 traffic redirected by the firewall (raw TLS).
     TransparentTls,
+    /// The block-page address: every request gets the page for its Host, nothing
+    /// is forwarded.
+    BlockPage,
 }
 
 /// What every request of one client connection shares.
@@ -43,6 +47,10 @@ pub struct Conn {
     pub client: bool,
     /// The destination the client meant (transparent modes only).
     pub original_dst: Option<SocketAddr>,
+    /// This connection's place under `max_connections`. Tunnels and WebSockets
+    /// outlive hyper's connection task and hold a clone of the `Arc<Conn>`, so the
+    /// place is given back only when the last of them ends.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Decrements the active-connection gauge however the connection ends.
@@ -96,7 +104,6 @@ pub async fn accept_loop(
         let cancel = cancel.clone();
         let tracker2 = tracker.clone();
         tracker.spawn(async move {
-            let _permit = permit;
             let _active = Active::new("client");
             // Wait for the first byte in this small future; the connection's large
             // state (hyper's buffers and state machine) is boxed only once the
@@ -113,7 +120,10 @@ pub async fn accept_loop(
                 }
                 _ = cancel.cancelled() => return,
             }
-            Box::pin(serve_conn(proxy, stream, peer, mode, tracker2, cancel)).await;
+            Box::pin(serve_conn(
+                proxy, stream, peer, mode, permit, tracker2, cancel,
+            ))
+            .await;
         });
     }
 }
@@ -123,6 +133,7 @@ async fn serve_conn(
     stream: TcpStream,
     peer: SocketAddr,
     mode: Mode,
+    permit: OwnedSemaphorePermit,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
@@ -130,7 +141,7 @@ async fn serve_conn(
     let snap = proxy.store.load();
     let client = snap.is_client(peer.ip());
     let original_dst = match mode {
-        Mode::Explicit => None,
+        Mode::Explicit | Mode::BlockPage => None,
         _ => match super::transparent::original_dst(&stream) {
             Ok(dst) => Some(dst),
             Err(e) => {
@@ -160,6 +171,7 @@ async fn serve_conn(
         mode,
         client,
         original_dst,
+        _permit: permit,
     });
     let mut builder = http1::Builder::new();
     builder
@@ -203,13 +215,18 @@ mod tests {
     #[tokio::test]
     async fn peek_waits_for_the_first_byte() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
         let (s, _) = l.accept().await.unwrap();
         let mut b = [0u8; 1];
         let r = tokio::time::timeout(Duration::from_millis(200), s.peek(&mut b)).await;
         assert!(r.is_err(), "peek returned before any byte: {r:?}");
         c.try_write(b"G").unwrap();
-        let n = tokio::time::timeout(Duration::from_secs(2), s.peek(&mut b)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(2), s.peek(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((n, b[0]), (1, b'G'));
     }
 }

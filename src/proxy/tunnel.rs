@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use super::forward::{Page, block_page, dial_error_page, error_page, forbidden_page};
 use super::guard::parse_host_ip;
 use super::log::{Kind, RequestLog};
+use super::server::Conn;
 use super::sniff::{ALERT_ACCESS_DENIED, FirstBytes, MAX_HELLO_BYTES, inspect};
 use super::{Body, Proxy, pages};
 use crate::config::SniMismatch;
@@ -34,8 +35,10 @@ use crate::snapshot::{Snapshot, canonical_ip};
 const SPLICE_BUF: usize = 16 * 1024;
 
 /// A CONNECT request from an identified client.
+#[allow(clippy::too_many_arguments)]
 pub async fn connect(
     p: Arc<Proxy>,
+    conn: Arc<Conn>,
     snap: Arc<Snapshot>,
     req: Request<Incoming>,
     identity: Identity,
@@ -130,6 +133,8 @@ pub async fn connect(
         safe: None,
     };
     tracker.spawn(async move {
+        // The tunnel keeps the connection's place under max_connections.
+        let _conn = conn;
         match upgrade.await {
             Ok(up) => t.run(TokioIo::new(up)).await,
             Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
@@ -157,7 +162,7 @@ pub async fn transparent_tls(
     );
     let what = dst.to_string();
     log.target(&what, &dst.ip().to_string(), dst.port(), None);
-    let identity = Identity::from_ip(&snap, client_ip);
+    let identity = p.identities.resolve(&snap, client_ip, Utc::now());
     log.identity(&snap, &identity);
     if let Err(why) = p.dialer.guard.check(dst) {
         log.refused(forbidden_page(why).refused);
