@@ -165,7 +165,13 @@ fn stats_and_accountable_export() {
     for i in 0..5 {
         udp(vigie.dns, &format!("s{i}.{domain}"), RecordType::A);
     }
-    assert!(vigie.stop().success());
+    let log = vigie.log.clone();
+    let status = vigie.stop();
+    assert!(
+        status.success(),
+        "{status:?}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 
     let out = vigie_cli(&["audit", "stats"], dir.path());
     let text = String::from_utf8_lossy(&out.stdout);
