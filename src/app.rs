@@ -167,9 +167,12 @@ async fn serve(
     for (name, addr) in &proxy_optional {
         ready.push_str(&format!(" {name} {addr}"));
     }
+    // Handlers are installed before anyone is told we are ready: a SIGTERM sent
+    // right after the ready line must drain and flush, not kill the process.
+    let signals = ShutdownSignals::install();
     println!("{ready}");
 
-    wait_for_shutdown(&cancel, &mut tasks).await;
+    wait_for_shutdown(signals, &cancel, &mut tasks).await;
     tracing::info!("shutting down");
     cancel.cancel();
     tracker.close();
@@ -202,26 +205,49 @@ fn handler_upstreams(h: &crate::dns::Handler) -> String {
         .join(", ")
 }
 
-/// Returns on Ctrl-C, SIGTERM, or a service task ending on its own (which means it
-/// failed: services only end when cancelled).
-async fn wait_for_shutdown(cancel: &CancellationToken, tasks: &mut JoinSet<()>) {
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
+/// SIGTERM and SIGINT streams, registered up front (tokio installs a handler only
+/// when the stream is created).
+struct ShutdownSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let open = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!("cannot watch SIGTERM: {e}");
-                std::future::pending::<()>().await
+                tracing::warn!("cannot watch {name}: {e}");
+                None
             }
+        };
+        ShutdownSignals {
+            term: open(SignalKind::terminate(), "SIGTERM"),
+            int: open(SignalKind::interrupt(), "SIGINT"),
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
+    }
+}
+
+async fn recv_or_pending(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Returns on SIGINT (Ctrl-C), SIGTERM, or a service task ending on its own (which
+/// means it failed: services only end when cancelled).
+async fn wait_for_shutdown(
+    mut signals: ShutdownSignals,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        _ = recv_or_pending(&mut signals.int) => {}
+        _ = recv_or_pending(&mut signals.term) => {}
         _ = cancel.cancelled() => {}
         Some(r) = tasks.join_next() => {
             tracing::error!("a service stopped unexpectedly: {r:?}");
