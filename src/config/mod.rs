@@ -542,12 +542,7 @@ impl Validator<'_> {
         let mut profiles = Vec::new();
         for (name, p) in &raw.profiles {
             let what = format!("profile \"{name}\"");
-            let mut block = CatSet::EMPTY;
-            for c in &p.block {
-                if let Some(id) = self.category(&names, c, &what) {
-                    block.insert(id);
-                }
-            }
+            let block = self.category_set(&names, &p.block, &what);
             let allow = p
                 .allow
                 .iter()
@@ -560,12 +555,7 @@ impl Validator<'_> {
                 .collect();
             let mut rules: Vec<(Rule, std::ops::Range<usize>)> = Vec::new();
             for r in &p.rules {
-                let mut cats = CatSet::EMPTY;
-                for c in &r.categories {
-                    if let Some(id) = self.category(&names, c, &what) {
-                        cats.insert(id);
-                    }
-                }
+                let cats = self.category_set(&names, &r.categories, &what);
                 let schedule = match &r.schedule {
                     None => None,
                     Some(s) => match schedule_names.iter().position(|n| n == s.get_ref()) {
@@ -873,6 +863,17 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    /// The set of the named categories; each unknown name is reported.
+    fn category_set(&mut self, names: &[String], list: &[Spanned<String>], what: &str) -> CatSet {
+        let mut set = CatSet::EMPTY;
+        for c in list {
+            if let Some(id) = self.category(names, c, what) {
+                set.insert(id);
+            }
+        }
+        set
     }
 
     fn profile(&mut self, names: &[String], p: &Spanned<String>, what: &str) -> Option<ProfileId> {
