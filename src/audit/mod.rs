@@ -308,11 +308,11 @@ impl Writer {
     /// Writes a batch to the store on a blocking thread. On failure (full disk,
     /// read-only store, database down) the events are counted, spilled to the log
     /// so they are not lost, and filtering carries on.
-    async fn write_store(&mut self, batch: &[AuditEvent]) {
+    /// Takes the batch by value (no copy) and gives the vector back for reuse.
+    async fn write_store(&mut self, events: Vec<AuditEvent>) -> Vec<AuditEvent> {
         let Some(mut store) = self.store.take() else {
-            return;
+            return events;
         };
-        let events = batch.to_vec();
         let n = events.len();
         match tokio::task::spawn_blocking(move || {
             let r = store.insert_batch(&events);
@@ -334,10 +334,12 @@ impl Writer {
                         }
                     }
                 }
+                events
             }
             Err(e) => {
                 metrics::AUDIT_WRITE_ERRORS_TOTAL.inc_by(n as u64);
                 tracing::error!(events = n, "audit store task failed; store closed: {e}");
+                Vec::new()
             }
         }
     }
@@ -346,7 +348,6 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        self.write_store(batch).await;
         let mut buf = Vec::with_capacity(batch.len() * 256);
         for ev in batch.iter() {
             // Serialising a struct of strings and numbers cannot fail.
@@ -374,6 +375,7 @@ impl Writer {
                 }
             }
         }
+        *batch = self.write_store(std::mem::take(batch)).await;
         batch.clear();
     }
 }
