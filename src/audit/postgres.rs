@@ -3,13 +3,13 @@
 //! (checked by the same conformance suite); synchronous, driven by the writer from
 //! a blocking thread, never from the hot path.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use postgres::{Client, NoTls};
 
 use super::AuditEvent;
 use super::store::{
     Dimension, HistoryAccess, HistoryAccessRecord, Period, Store, StoreError, StoredEvent,
-    check_justification, host_of,
+    check_justification, from_ms, host_of, ms,
 };
 
 const SCHEMA: &str = "
@@ -54,14 +54,6 @@ pub struct PgStore {
     client: Client,
     /// The connection string without its password, for messages.
     name: String,
-}
-
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(v: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
 }
 
 fn row_to_event(r: &postgres::Row) -> Result<StoredEvent, postgres::Error> {

@@ -179,11 +179,12 @@ pub struct SqliteStore {
     path: PathBuf,
 }
 
-fn ms(t: DateTime<Utc>) -> i64 {
+/// Milliseconds since the epoch, as every store keeps times.
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-fn from_ms(v: i64) -> DateTime<Utc> {
+pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(v).single().unwrap_or_default()
 }
 
