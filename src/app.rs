@@ -118,6 +118,17 @@ async fn serve(
         .with_context(|| format!("cannot listen for admin on {}", opts.admin_listen))?;
     let admin_addr = admin.local_addr()?;
 
+    // One password check for every login door (proxy authentication, the portal).
+    let auth = Arc::new(authenticator(&store.load(), data_dir.as_deref()));
+    let admin_url = format!("http://{admin_addr}");
+    let portal = Arc::new(crate::identity::portal::Portal {
+        store: store.clone(),
+        identities: identities.clone(),
+        auth: auth.clone(),
+        audit: audit.clone(),
+        default_url: format!("{admin_url}/portal"),
+    });
+
     // The forward proxy (issue 5): never forwards to vigie's own listeners.
     let proxy = crate::proxy::setup(
         store.clone(),
@@ -126,15 +137,20 @@ async fn serve(
             listen: opts.proxy_listen,
             own: vec![dns_addr, admin_addr],
             data_dir: opts.data_dir.clone(),
-            admin_url: format!("http://{admin_addr}"),
+            admin_url: admin_url.clone(),
             identities: identities.clone(),
+            auth,
+            portal_url: portal.url(),
+            // Origins are resolved through the DNS filter's cache and upstreams.
+            resolver: Some(handler.clone()),
         },
     )
     .await?;
     let proxy_addr = proxy.local_addr().unwrap_or(opts.proxy_listen);
     let proxy_optional = proxy.optional_addrs();
     proxy.serve(&mut tasks, tracker.clone(), cancel.clone());
-    let pac = crate::proxy::pac::router(store.clone(), proxy_addr);
+    let pac = crate::proxy::pac::router(store.clone(), proxy_addr)
+        .merge(crate::identity::portal::router(portal));
 
     tasks.spawn(serve_admin(admin, pac, cancel.clone()));
 
@@ -147,12 +163,16 @@ async fn serve(
 
     let h = handler.clone();
     let c = cancel.clone();
+    let (ids, upkeep_store, upkeep_audit) = (identities.clone(), store.clone(), audit.clone());
     tasks.spawn(async move {
         let mut every = tokio::time::interval(UPKEEP_EVERY);
         loop {
             tokio::select! {
                 _ = c.cancelled() => break,
-                _ = every.tick() => h.maintain(),
+                _ = every.tick() => {
+                    h.maintain();
+                    end_sessions(&ids, &upkeep_store.load(), &upkeep_audit);
+                }
             }
         }
     });
@@ -195,6 +215,51 @@ async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The password check: the users file (`[proxy] users_file`, else
+/// `<data_dir>/users`), then LDAP when `[ldap]` is configured.
+fn authenticator(
+    snap: &Snapshot,
+    data_dir: Option<&Path>,
+) -> crate::identity::users::Authenticator {
+    let users_file = snap
+        .config
+        .proxy
+        .users_file
+        .clone()
+        .or_else(|| data_dir.map(|d| d.join("users")));
+    let ldap = snap.config.ldap.clone().and_then(|settings| {
+        crate::identity::ldap::LdapAuthenticator::new(settings)
+            .map_err(|e| tracing::error!("LDAP logins unavailable: {e}"))
+            .ok()
+    });
+    crate::identity::users::Authenticator::new(users_file, ldap)
+}
+
+/// Ends logins that expired (idle or session end) and records that they did.
+fn end_sessions(
+    ids: &crate::identity::IdentityTable,
+    snap: &Snapshot,
+    audit: &crate::audit::AuditSink,
+) {
+    for (ip, b) in ids.purge_expired(chrono::Utc::now()) {
+        let mut ev = crate::identity::login_event(
+            snap,
+            match b.source {
+                crate::identity::IdentitySource::ProxyAuth => crate::identity::LoginDoor::Proxy,
+                _ => crate::identity::LoginDoor::Portal,
+            },
+            ip,
+            &b.user,
+            None,
+            crate::identity::LoginOutcome::Logout,
+            Instant::now(),
+        );
+        ev.verdict = "session_end";
+        ev.rule = "idle timeout or end of session".into();
+        audit.record(ev);
+    }
 }
 
 fn handler_upstreams(h: &crate::dns::Handler) -> String {
@@ -278,6 +343,8 @@ async fn serve_admin(
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(extra);
     let shutdown = cancel.clone();
+    // Client addresses for the portal (and, later, the admin app's audit records).
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

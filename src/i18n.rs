@@ -82,6 +82,8 @@ pub enum Msg {
     AuthRequired,
     AuthFailed,
     AuthThrottled,
+    AuthUnavailable,
+    PortalRequired,
     BadRequest,
     UnsupportedScheme,
     NameNotFound,
@@ -175,6 +177,14 @@ fn entry(msg: Msg) -> (&'static str, &'static str) {
         AuthThrottled => (
             "Trop d'essais infructueux : attendez une minute avant de réessayer.",
             "Too many failed attempts: wait a minute before trying again.",
+        ),
+        AuthUnavailable => (
+            "Le service d'identification ne répond pas : réessayez dans un instant.",
+            "The sign-in service is not answering: try again in a moment.",
+        ),
+        PortalRequired => (
+            "Connectez-vous au portail du réseau de l'école avant d'utiliser Internet.",
+            "Sign in at the school network's portal before using the Internet.",
         ),
         BadRequest => ("Requête invalide.", "Invalid request."),
         UnsupportedScheme => (

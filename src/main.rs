@@ -513,7 +513,7 @@ fn read_password() -> Result<String, String> {
 }
 
 fn users(config: Option<PathBuf>, cmd: UsersCommand) -> ExitCode {
-    use vigie::proxy::auth;
+    use vigie::identity::users as auth;
     let fail = |msg: String| {
         eprintln!("vigie users: {msg}");
         ExitCode::from(2)
@@ -606,6 +606,14 @@ fn audit_stats(config: Option<PathBuf>, period: PeriodArgs, data_dir: Option<Pat
     let run = || -> Result<(), String> {
         let cfg = config::load(config.as_deref()).map_err(|e| e.to_string())?;
         let period = audit_period(&cfg, &period)?;
+        let dir = data_dir.clone().or_else(|| cfg.data_dir.clone());
+        let pseudo = match (cfg.audit.pseudonymize, &dir) {
+            (false, _) => None,
+            (true, Some(d)) => Some(
+                vigie::audit::Pseudonymizer::open(d).map_err(|e| format!("pseudonym key: {e}"))?,
+            ),
+            (true, None) => return Err("[audit] pseudonymize needs a data directory".into()),
+        };
         let mut store = open_audit_store(&cfg, data_dir)?;
         println!(
             "blocked requests from {} to {}",
@@ -617,9 +625,20 @@ fn audit_stats(config: Option<PathBuf>, period: PeriodArgs, data_dir: Option<Pat
             ("by profile", Dimension::Profile, 50),
             ("top blocked domains", Dimension::Domain, 20),
             ("by hour (UTC)", Dimension::Hour, 24 * 31),
+            (
+                if pseudo.is_some() {
+                    "top users (pseudonymised)"
+                } else {
+                    "top users"
+                },
+                Dimension::User,
+                20,
+            ),
         ] {
             println!("\n{title}:");
-            for (k, count) in store.blocks_by(dim, period, n).map_err(|e| e.to_string())? {
+            let rows = vigie::audit::aggregate(store.as_mut(), dim, period, n, pseudo.as_ref())
+                .map_err(|e| e.to_string())?;
+            for (k, count) in rows {
                 println!("  {count:>8}  {k}");
             }
         }

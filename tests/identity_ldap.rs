@@ -1,6 +1,8 @@
 //! LDAP authentication against a real OpenLDAP server (Debian `slapd`, installed by
 //! `tests/run`) that this test configures and starts on loopback.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -204,4 +206,110 @@ fn clear_text_ldap_off_the_box_is_refused() {
         err,
         "v.toml:3:7: passwords would cross the network in clear: use ldaps:// or set starttls = true"
     );
+}
+
+/// The real binary with `[ldap]`: a teacher signs in at the captive portal with their
+/// directory password, a student through proxy authentication; each gets the
+/// profile of their directory group (not the network's), for DNS and the proxy, and
+/// a wrong directory password is refused and audited.
+#[test]
+fn portal_and_proxy_logins_through_ldap_get_the_group_profile() {
+    let slapd = start_slapd();
+    let dir = tempfile::tempdir().unwrap();
+    let lists = Path::new(env!("CARGO_MANIFEST_DIR")).join("blocklists");
+    let cfg = dir.path().join("vigie.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+default_profile = "invites"
+client_networks = ["127.0.0.0/8"]
+lists_dir = "{lists}"
+
+[dns]
+rate_limit_qps = 0
+log_allowed = true
+
+[proxy]
+allow_loopback_origins = true
+
+[portal]
+networks = ["127.0.0.5/32", "127.0.0.8/32"]
+
+[ldap]
+url = "ldap://127.0.0.1:{port}"
+user_dn = "uid={{user}},ou=people,{SUFFIX}"
+group_base = "ou=Groupes,{SUFFIX}"
+
+[[ldap.groups]]
+dn = "cn=Personnel,ou=Groupes,{SUFFIX}"
+profile = "personnel"
+
+[[ldap.groups]]
+dn = "cn=Eleves,ou=Groupes,{SUFFIX}"
+profile = "eleves"
+
+[profiles.invites]
+bare_ip = "allow"
+[profiles.personnel]
+bare_ip = "allow"
+[profiles.eleves]
+bare_ip = "allow"
+"#,
+            lists = lists.display(),
+            port = slapd.port,
+        ),
+    )
+    .unwrap();
+    let up = common::Upstream::start("");
+    let origin = common::http_origin();
+    let v = common::Vigie::start(&cfg, &[up.addr], dir.path());
+    let site = format!("http://{origin}/");
+
+    // The teacher, at the portal, with the directory password.
+    let jar = dir.path().join("jar");
+    let bad = common::portal_login(&v, "127.0.0.5", &jar, "mtremblay", "mauvais", &site);
+    assert_eq!(bad.status, 401);
+    let ok = common::portal_login(&v, "127.0.0.5", &jar, "mtremblay", "motdepasse-prof", &site);
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let q = common::udp_from(
+        "127.0.0.5".parse().unwrap(),
+        v.dns,
+        "prof.example.",
+        hickory_proto::rr::RecordType::A,
+    );
+    assert!(!q.answers.is_empty());
+
+    // The student, through the proxy with Basic credentials.
+    let r = common::curl(
+        "127.0.0.8",
+        &[
+            "-x",
+            &v.proxy.to_string(),
+            "-U",
+            "eleve1:motdepasse-eleve",
+            &site,
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.headers);
+
+    let evs = common::wait_for(&cfg, dir.path(), None, "both people's requests", |e| {
+        common::has(e, |x| x["target"] == "prof.example")
+            && common::has(e, |x| x["service"] == "proxy" && x["user"] == "eleve1")
+    });
+    let prof = evs.iter().find(|x| x["target"] == "prof.example").unwrap();
+    assert_eq!(
+        (&prof["user"], &prof["profile"]),
+        (&"mtremblay".into(), &"personnel".into())
+    );
+    let student = evs
+        .iter()
+        .find(|x| x["service"] == "proxy" && x["user"] == "eleve1")
+        .unwrap();
+    assert_eq!(student["profile"], "eleves");
+    assert!(common::has(&evs, |x| x["verdict"] == "login"
+        && x["user"] == "mtremblay"
+        && x["rule"] == "checked by ldap"));
+    assert!(common::has(&evs, |x| x["verdict"] == "login_failed"
+        && x["user"] == "mtremblay"));
 }

@@ -389,11 +389,20 @@ impl Curl {
 
 /// `curl -x proxy args…`, bounded to 60 s; the last response's status and headers.
 fn curl(proxy: SocketAddr, args: &[&str]) -> Curl {
+    curl_with(&["-x", &format!("http://{proxy}")], args)
+}
+
+/// `curl args…` with no proxy (`--noproxy '*'`: ignore any proxy of the environment).
+fn curl_direct(args: &[&str]) -> Curl {
+    curl_with(&["--noproxy", "*"], args)
+}
+
+fn curl_with(how: &[&str], args: &[&str]) -> Curl {
     let dir = tempfile::tempdir().unwrap();
     let hdr = dir.path().join("h");
     let out = Command::new("curl")
-        .args(["-s", "--max-time", "60", "-x"])
-        .arg(format!("http://{proxy}"))
+        .args(["-s", "--max-time", "60"])
+        .args(how)
         .arg("-D")
         .arg(&hdr)
         .args(args)
@@ -1312,4 +1321,171 @@ fn proxy_block_page_listener_explains_dns_blocks() {
         &["\"kind\":\"block_page\"", "\"verdict\":\"block\""],
     );
     assert_eq!(ev["category"], "gambling");
+}
+
+/// Origin names are resolved through vigie's own resolver (the DNS filter's
+/// upstreams and cache), not the system's: a name only the test's upstream knows
+/// reaches the local origin, a second connection to it is resolved from vigie's
+/// cache, and the SSRF guard still judges the addresses the name resolves to.
+#[test]
+fn proxy_resolves_origins_through_vigie_dns_and_its_cache() {
+    let up = common::Upstream::start("ads.example");
+    let (first, second) = (Origin::start(), Origin::start());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_proxy_config(dir.path(), true, 443, "");
+    let v = Vigie::start(&cfg, &[up.addr], dir.path());
+    let name = "www.loopback.test";
+
+    let before = up.count();
+    let r = curl(v.proxy, &[&format!("http://{name}:{}/hello", first.port())]);
+    assert_eq!(r.status, 200, "{}\n{}", r.headers, v.log_text());
+    assert_eq!(r.text(), "hello from origin");
+    let asked = up.count() - before;
+    assert!(asked >= 1, "the upstream was not asked");
+
+    // Another port is another pooled connection, so another resolution: from the cache.
+    let hits = v.metric("vigie_dns_cache_total{result=\"hit\"}");
+    let r = curl(
+        v.proxy,
+        &[&format!("http://{name}:{}/hello", second.port())],
+    );
+    assert_eq!(r.status, 200, "{}", r.headers);
+    assert_eq!(
+        up.count() - before,
+        asked,
+        "the second dial asked the upstream again"
+    );
+    assert!(
+        v.metric("vigie_dns_cache_total{result=\"hit\"}") > hits,
+        "no cache hit counted"
+    );
+    // The DNS filter's clients share that cache entry.
+    let m = common::udp(v.dns, name, hickory_proto::rr::RecordType::A);
+    assert_eq!(common::a_records(&m), vec![std::net::Ipv4Addr::LOCALHOST]);
+    assert_eq!(up.count() - before, asked);
+    // A name the upstream says does not exist: a page, not a system lookup.
+    let (status, body) = raw_get(v.proxy, "http://nx.loopback.test/");
+    assert_eq!(status, 502, "{body}");
+    drop(v);
+
+    // Loopback origins not allowed: the resolved address is refused, nothing dialled.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_proxy_config(dir.path(), false, 443, "");
+    let v = Vigie::start(&cfg, &[up.addr], dir.path());
+    let accepted = first.accepted.load(Ordering::SeqCst);
+    let (status, body) = raw_get(v.proxy, &format!("http://{name}:{}/hello", first.port()));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("internal"), "{body}");
+    assert_eq!(first.accepted.load(Ordering::SeqCst), accepted);
+}
+
+/// The block page over plain HTTP and TLS (`block_page_listen`,
+/// `block_page_tls_listen`): what a browser reaches when the DNS filter answered a
+/// blocked name with vigie's address. Real `curl`, any name, both languages; the
+/// self-signed certificate is made once and served again after a restart.
+#[test]
+fn block_page_listeners_http_and_tls_with_curl() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = "block_page_listen = \"127.0.0.1:0\"\nblock_page_tls_listen = \"127.0.0.1:0\"";
+    let v = start_vigie_with(dir.path(), false, 443, keys);
+    let listener = |v: &Vigie, name: &str| {
+        v.extra
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("{name} in the ready line: {:?}", v.extra))
+    };
+    let (http, https) = (listener(&v, "block_page"), listener(&v, "block_page_tls"));
+    let blocked = format!("www.{GAMBLING}");
+    let fr = "Accept-Language: fr-CA,fr;q=0.9";
+    let en = "Accept-Language: en-US,en;q=0.9";
+    let check = |r: &Curl, url: &str, needles: &[&str]| {
+        assert_eq!(r.status, 403, "{url}: {}", r.headers);
+        let page = r.text();
+        for needle in needles.iter().chain(&[url]) {
+            assert!(page.contains(needle), "missing {needle:?} in\n{page}");
+        }
+        let reference = r.header("x-vigie-reference").expect("reference header");
+        assert!(page.contains(&reference), "{page}");
+        assert_eq!(r.header("x-vigie-category").as_deref(), Some("gambling"));
+        reference
+    };
+    let french = ["Accès bloqué", "Jeux d&#39;argent", "Élèves", "Référence"];
+    let english = ["Access blocked", "Gambling", "Students", "Reference"];
+
+    // Plain HTTP: any Host gets the page for that host.
+    let host = format!("Host: {blocked}");
+    let url = format!("http://{http}/jeux?x=1");
+    let r = curl_direct(&["-H", &host, "-H", fr, &url]);
+    let reference = check(&r, &format!("http://{blocked}/jeux?x=1"), &french);
+    let ev = audit_line(dir.path(), &[&reference]);
+    assert_eq!(
+        (
+            ev["kind"].as_str(),
+            ev["verdict"].as_str(),
+            ev["status"].as_u64()
+        ),
+        (Some("block_page"), Some("block"), Some(403))
+    );
+    let r = curl_direct(&["-H", &host, "-H", en, &url]);
+    check(&r, &format!("http://{blocked}/jeux?x=1"), &english);
+
+    // TLS: the browser asked for https://blocked/ at vigie's address.
+    let resolve = format!("{blocked}:{}:127.0.0.1", https.port());
+    let url = format!("https://{blocked}:{}/jeux", https.port());
+    let r = curl_direct(&["--insecure", "--resolve", &resolve, "-H", fr, &url]);
+    let reference = check(&r, &format!("https://{blocked}/jeux"), &french);
+    audit_line(dir.path(), &[&reference, "\"kind\":\"block_page\""]);
+    let r = curl_direct(&["--insecure", "--resolve", &resolve, "-H", en, &url]);
+    check(&r, &format!("https://{blocked}/jeux"), &english);
+    // Without --insecure the certificate is refused, as a browser warns.
+    let r = curl_direct(&["--resolve", &resolve, &url]);
+    assert_eq!(r.status, 0, "a self-signed certificate must not verify");
+    // A name that is not blocked: the page says so, nothing is forwarded.
+    let r = curl_direct(&[
+        "--insecure",
+        "--resolve",
+        &format!("example.org:{}:127.0.0.1", https.port()),
+        &format!("https://example.org:{}/", https.port()),
+    ]);
+    assert_eq!(r.status, 503, "{}", r.headers);
+    // The block page never opens tunnels.
+    let r = curl(http, &["--max-time", "5", &format!("https://{blocked}/")]);
+    assert!(
+        r.status == 400 || r.status == 0,
+        "CONNECT on the block page: {}",
+        r.headers
+    );
+
+    // The self-signed certificate is kept in the data directory and served again
+    // after a restart (browsers that accepted it are not asked twice).
+    let pem = std::fs::read(dir.path().join("block-page.crt")).expect("certificate kept");
+    drop(v);
+    let v = start_vigie_with(dir.path(), false, 443, keys);
+    let https = listener(&v, "block_page_tls");
+    assert_eq!(
+        std::fs::read(dir.path().join("block-page.crt")).unwrap(),
+        pem
+    );
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    let cert = tokio_rustls::rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    rt().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+        let name =
+            tokio_rustls::rustls::pki_types::ServerName::try_from("block-page.vigie.invalid")
+                .unwrap();
+        let mut t = tls_client(&cert)
+            .connect(name, tcp)
+            .await
+            .expect("the kept certificate is served");
+        t.write_all(
+            format!("GET / HTTP/1.1\r\nHost: {blocked}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), t.read_to_end(&mut out)).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    });
 }

@@ -433,3 +433,100 @@ mod tests {
         assert_eq!(v["client_ip"], "10.0.0.1");
     }
 }
+
+/// Stable pseudonyms for user names in aggregate views (`[audit] pseudonymize`):
+/// `u-` and 10 hex digits of an HMAC-SHA256 under a key kept in the data directory,
+/// so the same person has the same pseudonym on every dashboard and every day, and
+/// nobody without the key can go back from pseudonym to name by trying names.
+pub struct Pseudonymizer {
+    key: ring::hmac::Key,
+}
+
+impl Pseudonymizer {
+    /// The key of `<data_dir>/pseudonym.key`, created (random, owner-only) the first
+    /// time.
+    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+        let path = data_dir.join("pseudonym.key");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) if b.len() == 32 => b,
+            Ok(b) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: {} bytes, expected 32 (delete it to make a new key; pseudonyms change)",
+                        path.display(),
+                        b.len()
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut b = vec![0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+                    .map_err(|_| std::io::Error::other("no system randomness"))?;
+                std::fs::create_dir_all(data_dir)?;
+                let mut opts = std::fs::OpenOptions::new();
+                opts.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+                std::io::Write::write_all(&mut opts.open(&path)?, &b)?;
+                b
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Self::with_key(&bytes))
+    }
+
+    pub fn with_key(key: &[u8]) -> Self {
+        Pseudonymizer {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+        }
+    }
+
+    pub fn name(&self, user: &str) -> String {
+        let tag = ring::hmac::sign(&self.key, user.as_bytes());
+        let mut out = String::from("u-");
+        for b in &tag.as_ref()[..5] {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
+}
+
+/// Blocked requests counted by `dim`, as aggregate views show them: user names
+/// replaced by their pseudonyms when `pseudo` is given.
+pub fn aggregate(
+    store: &mut dyn store::Store,
+    dim: store::Dimension,
+    period: store::Period,
+    limit: usize,
+    pseudo: Option<&Pseudonymizer>,
+) -> Result<Vec<(String, u64)>, store::StoreError> {
+    let rows = store.blocks_by(dim, period, limit)?;
+    Ok(match (dim, pseudo) {
+        (store::Dimension::User, Some(p)) => {
+            rows.into_iter().map(|(k, n)| (p.name(&k), n)).collect()
+        }
+        _ => rows,
+    })
+}
+
+#[cfg(test)]
+mod pseudonym_tests {
+    use super::*;
+
+    #[test]
+    fn pseudonyms_are_stable_distinct_and_keyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Pseudonymizer::open(dir.path()).unwrap();
+        let b = Pseudonymizer::open(dir.path()).unwrap();
+        assert_eq!(a.name("mtremblay"), b.name("mtremblay"));
+        assert_ne!(a.name("mtremblay"), a.name("agagnon"));
+        assert!(a.name("mtremblay").starts_with("u-") && a.name("x").len() == 12);
+        assert!(!a.name("mtremblay").contains("tremblay"));
+        let other = Pseudonymizer::with_key(&[7u8; 32]);
+        assert_ne!(other.name("mtremblay"), a.name("mtremblay"));
+        std::fs::write(dir.path().join("pseudonym.key"), b"short").unwrap();
+        let err = Pseudonymizer::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("pseudonym.key: 5 bytes, expected 32"), "{err}");
+    }
+}

@@ -180,6 +180,7 @@ impl Store for PgStore {
         limit: usize,
     ) -> Result<Vec<(String, u64)>, StoreError> {
         let (key, order) = match dim {
+            Dimension::User => ("username", "n DESC, k"),
             Dimension::Category => ("COALESCE(category, '')", "n DESC, k"),
             Dimension::Domain => ("host", "n DESC, k"),
             Dimension::Profile => ("profile", "n DESC, k"),
@@ -188,9 +189,14 @@ impl Store for PgStore {
                 "k",
             ),
         };
+        let only_users = if dim == Dimension::User {
+            " AND username IS NOT NULL"
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT {key} AS k, COUNT(*) AS n FROM vigie_events
-             WHERE verdict = 'block' AND time_ms >= $1 AND time_ms < $2
+             WHERE verdict = 'block' AND time_ms >= $1 AND time_ms < $2{only_users}
              GROUP BY k ORDER BY {order} LIMIT $3"
         );
         let rows = self

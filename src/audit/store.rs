@@ -86,6 +86,9 @@ pub enum Dimension {
     Profile,
     /// Start of the hour, RFC 3339 in UTC.
     Hour,
+    /// The identified person (anonymous requests left out). Shown pseudonymised
+    /// where `[audit] pseudonymize` says so: see `audit::aggregate`.
+    User,
 }
 
 /// One stored event, as read back.
@@ -313,6 +316,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<(String, u64)>, StoreError> {
         let (key, order) = match dim {
+            Dimension::User => ("user", "n DESC, k"),
             Dimension::Category => ("COALESCE(category, '')", "n DESC, k"),
             Dimension::Domain => ("host", "n DESC, k"),
             Dimension::Profile => ("profile", "n DESC, k"),
@@ -321,9 +325,14 @@ impl Store for SqliteStore {
                 "k",
             ),
         };
+        let only_users = if dim == Dimension::User {
+            " AND user IS NOT NULL"
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT {key} AS k, COUNT(*) AS n FROM events
-             WHERE verdict = 'block' AND time_ms >= ?1 AND time_ms < ?2
+             WHERE verdict = 'block' AND time_ms >= ?1 AND time_ms < ?2{only_users}
              GROUP BY k ORDER BY {order} LIMIT ?3"
         );
         let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
@@ -503,9 +512,52 @@ pub mod conformance {
 
     /// Runs every check on `store`, which must be empty. Panics on the first failure.
     pub fn run(store: &mut dyn Store) {
+        blocks_by_user(store);
         aggregates_over_a_period(store);
         history_needs_a_reason_and_is_itself_recorded(store);
         reference_lookup_and_purge(store);
+    }
+
+    /// Three days after `day()`, so the other checks' counts are untouched.
+    fn blocks_by_user(s: &mut dyn Store) {
+        let later = 3 * 24 * 60;
+        s.insert_batch(&[
+            event(
+                later,
+                Some("mtremblay"),
+                "bet.example",
+                "block",
+                Some("gambling"),
+            ),
+            event(
+                later + 1,
+                Some("mtremblay"),
+                "bet.example",
+                "block",
+                Some("gambling"),
+            ),
+            event(
+                later + 2,
+                Some("agagnon"),
+                "bet.example",
+                "block",
+                Some("gambling"),
+            ),
+            event(later + 3, Some("agagnon"), "ok.example", "allow", None),
+            event(later + 4, None, "bet.example", "block", Some("gambling")),
+        ])
+        .unwrap();
+        let d = day();
+        let three = chrono::Duration::days(3);
+        let period = Period {
+            from: d.from + three,
+            to: d.to + three,
+        };
+        assert_eq!(
+            s.blocks_by(Dimension::User, period, 10).unwrap(),
+            vec![("mtremblay".to_string(), 2), ("agagnon".to_string(), 1)]
+        );
+        assert_eq!(s.purge(period.to).unwrap(), 5);
     }
 
     fn aggregates_over_a_period(s: &mut dyn Store) {

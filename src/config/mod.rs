@@ -121,6 +121,8 @@ pub struct Profile {
     pub block_mode: BlockMode,
     pub bare_ip: Action,
     pub rules: Vec<Rule>,
+    /// Record allowed traffic of this profile; `None`: each service's `log_allowed`.
+    pub record_allowed: Option<bool>,
 }
 
 /// Where and how long the audit trail is kept.
@@ -129,6 +131,29 @@ pub struct AuditSettings {
     pub store: AuditStoreKind,
     pub postgres_url: Option<String>,
     pub retention_days: u32,
+    /// User names appear pseudonymised in aggregate views.
+    pub pseudonymize: bool,
+}
+
+/// Resolved `[portal]` settings; see `schema::RawPortal`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortalConfig {
+    pub networks: Vec<IpNet>,
+    pub idle_timeout: std::time::Duration,
+    pub max_session: std::time::Duration,
+    pub url: Option<String>,
+}
+
+impl Default for PortalConfig {
+    fn default() -> Self {
+        let raw = schema::RawPortal::default();
+        PortalConfig {
+            networks: Vec::new(),
+            idle_timeout: std::time::Duration::from_secs(*raw.idle_timeout_seconds.get_ref()),
+            max_session: std::time::Duration::from_secs(*raw.max_session_seconds.get_ref()),
+            url: None,
+        }
+    }
 }
 
 /// LDAP / Active Directory settings, validated.
@@ -188,6 +213,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// The forward proxy's settings (`[proxy]`).
     pub proxy: ProxyConfig,
+    /// The captive portal's settings (`[portal]`).
+    pub portal: PortalConfig,
 }
 
 /// Resolved `[proxy]` settings; see `schema::RawProxy` for what each means.
@@ -214,6 +241,10 @@ pub struct ProxyConfig {
     pub transparent_http_listen: Option<std::net::SocketAddr>,
     pub transparent_tls_listen: Option<std::net::SocketAddr>,
     pub block_page_listen: Option<std::net::SocketAddr>,
+    pub block_page_tls_listen: Option<std::net::SocketAddr>,
+    /// Certificate chain and key files of the TLS block page (absolute); `None`:
+    /// a self-signed certificate.
+    pub block_page_cert: Option<(PathBuf, PathBuf)>,
     pub log_allowed: bool,
 }
 
@@ -242,6 +273,8 @@ impl Default for ProxyConfig {
             transparent_http_listen: None,
             transparent_tls_listen: None,
             block_page_listen: None,
+            block_page_tls_listen: None,
+            block_page_cert: None,
             log_allowed: raw.log_allowed,
         }
     }
@@ -281,6 +314,15 @@ impl Default for DnsConfig {
 }
 
 impl Config {
+    /// Whether allowed traffic of `profile` is recorded: the profile's
+    /// `record_allowed`, else the service's own setting.
+    pub fn records_allowed(&self, profile: ProfileId, service_default: bool) -> bool {
+        self.profiles
+            .get(profile as usize)
+            .and_then(|p| p.record_allowed)
+            .unwrap_or(service_default)
+    }
+
     pub fn category_id(&self, name: &str) -> Option<CategoryId> {
         self.categories
             .iter()
@@ -593,6 +635,7 @@ impl Validator<'_> {
                 safe_search: p.safe_search,
                 block_mode: p.block_mode,
                 bare_ip: p.bare_ip,
+                record_allowed: p.record_allowed,
                 rules: rules.into_iter().map(|(r, _)| r).collect(),
             });
         }
@@ -641,6 +684,7 @@ impl Validator<'_> {
             .collect();
         let dns = self.dns(&raw.dns);
         let proxy = self.proxy(&raw.proxy, base_dir);
+        let portal = self.portal(&raw.portal);
 
         if !self.diags.is_empty() {
             return None;
@@ -665,7 +709,54 @@ impl Validator<'_> {
             dns_upstreams,
             dns,
             proxy,
+            portal,
         })
+    }
+
+    fn portal(&mut self, raw: &schema::RawPortal) -> PortalConfig {
+        let networks = raw.networks.iter().filter_map(|s| self.cidr(s)).collect();
+        let secs = |v: &mut Self, s: &Spanned<u64>, key: &str, min: u64, max: u64| {
+            let n = *s.get_ref();
+            if !(min..=max).contains(&n) {
+                v.error_at(
+                    s.span(),
+                    format!("portal.{key} = {n}: expected between {min} and {max} seconds"),
+                );
+            }
+            std::time::Duration::from_secs(n)
+        };
+        let idle_timeout = secs(
+            self,
+            &raw.idle_timeout_seconds,
+            "idle_timeout_seconds",
+            1,
+            86_400,
+        );
+        let max_session = secs(
+            self,
+            &raw.max_session_seconds,
+            "max_session_seconds",
+            1,
+            7 * 86_400,
+        );
+        let url = raw.url.as_ref().and_then(|u| {
+            let t = u.get_ref().trim();
+            if t.starts_with("http://") || t.starts_with("https://") {
+                Some(t.trim_end_matches('/').to_string())
+            } else {
+                self.error_at(
+                    u.span(),
+                    format!("portal.url \"{t}\" must start with http:// or https://"),
+                );
+                None
+            }
+        });
+        PortalConfig {
+            networks,
+            idle_timeout,
+            max_session,
+            url,
+        }
     }
 
     fn dns(&mut self, raw: &schema::RawDns) -> DnsConfig {
@@ -817,6 +908,23 @@ impl Validator<'_> {
         let transparent_tls_listen =
             listen(self, &raw.transparent_tls_listen, "transparent_tls_listen");
         let block_page_listen = listen(self, &raw.block_page_listen, "block_page_listen");
+        let block_page_tls_listen =
+            listen(self, &raw.block_page_tls_listen, "block_page_tls_listen");
+        let file = |s: &Spanned<String>| {
+            let f = PathBuf::from(s.get_ref());
+            if f.is_absolute() { f } else { base_dir.join(f) }
+        };
+        let block_page_cert = match (&raw.block_page_cert_file, &raw.block_page_key_file) {
+            (Some(c), Some(k)) => Some((file(c), file(k))),
+            (None, None) => None,
+            (Some(given), None) | (None, Some(given)) => {
+                self.error_at(
+                    given.span(),
+                    "proxy.block_page_cert_file and proxy.block_page_key_file go together: give both, or neither for a self-signed certificate",
+                );
+                None
+            }
+        };
         ProxyConfig {
             connect_ports: raw.connect_ports.clone(),
             max_connections: raw.max_connections,
@@ -841,6 +949,8 @@ impl Validator<'_> {
             transparent_http_listen,
             transparent_tls_listen,
             block_page_listen,
+            block_page_tls_listen,
+            block_page_cert,
             log_allowed: raw.log_allowed,
         }
     }
@@ -916,6 +1026,7 @@ impl Validator<'_> {
             store: a.store,
             postgres_url: url,
             retention_days: days,
+            pseudonymize: a.pseudonymize,
         }
     }
 

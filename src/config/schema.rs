@@ -52,6 +52,8 @@ pub struct RawConfig {
     pub dns: RawDns,
     #[serde(default)]
     pub proxy: RawProxy,
+    #[serde(default)]
+    pub portal: RawPortal,
 }
 
 fn default_timezone() -> Spanned<String> {
@@ -174,6 +176,10 @@ pub struct RawProfile {
     pub bare_ip: Action,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    /// Record this profile's allowed traffic in the audit trail (overrides
+    /// `[dns] log_allowed` and `[proxy] log_allowed`); blocks are always recorded.
+    #[serde(default)]
+    pub record_allowed: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +228,10 @@ pub struct RawAudit {
     /// Days audit events are kept before they are purged.
     #[serde(default = "default_retention_days")]
     pub retention_days: Spanned<u32>,
+    /// Show user names in aggregate views (dashboards, `vigie audit stats`) only as
+    /// stable pseudonyms; a person's own history still shows the name.
+    #[serde(default)]
+    pub pseudonymize: bool,
 }
 
 fn default_retention_days() -> Spanned<u32> {
@@ -235,6 +245,7 @@ impl Default for RawAudit {
             postgres_url: None,
             postgres_url_file: None,
             retention_days: default_retention_days(),
+            pseudonymize: false,
         }
     }
 }
@@ -461,6 +472,19 @@ pub struct RawProxy {
     /// clients that use neither the proxy nor the transparent redirect. Absent: off.
     #[serde(default)]
     pub block_page_listen: Option<Spanned<String>>,
+    /// TLS listener of the block page, e.g. `0.0.0.0:443` on the block-page address:
+    /// answers every name with one certificate (browsers warn, then show the page).
+    /// Absent: off.
+    #[serde(default)]
+    pub block_page_tls_listen: Option<Spanned<String>>,
+    /// Certificate chain (PEM) of the TLS block page; relative to the config file.
+    /// Absent: a self-signed certificate made at first start and kept in the data
+    /// directory (`block-page.crt`), so browsers that accepted it keep accepting it.
+    #[serde(default)]
+    pub block_page_cert_file: Option<Spanned<String>>,
+    /// Private key (PEM) of `block_page_cert_file`; both or neither.
+    #[serde(default)]
+    pub block_page_key_file: Option<Spanned<String>>,
     /// Record allowed requests in the audit log too (default: yes — the proxy's audit
     /// is the record of who went where).
     #[serde(default = "default_true")]
@@ -490,6 +514,9 @@ impl Default for RawProxy {
             transparent_http_listen: None,
             transparent_tls_listen: None,
             block_page_listen: None,
+            block_page_tls_listen: None,
+            block_page_cert_file: None,
+            block_page_key_file: None,
             log_allowed: true,
         }
     }
@@ -533,4 +560,41 @@ fn default_via_name() -> String {
 }
 fn default_true() -> bool {
     true
+}
+
+/// The captive portal (`/portal` on the admin listener).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPortal {
+    /// Client networks whose unidentified clients are sent to the portal to log in.
+    #[serde(default)]
+    pub networks: Vec<Spanned<String>>,
+    /// A login ends after this long without any DNS query or proxy request, seconds.
+    #[serde(default = "default_portal_idle")]
+    pub idle_timeout_seconds: Spanned<u64>,
+    /// A login ends after this long whatever the activity (a school day), seconds.
+    #[serde(default = "default_portal_max")]
+    pub max_session_seconds: Spanned<u64>,
+    /// The portal's address as clients reach it (`http://vigie.ecole.local/portal`).
+    /// Default: the admin listener's address + `/portal`.
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+}
+
+fn default_portal_idle() -> Spanned<u64> {
+    Spanned::new(0..0, 1800)
+}
+fn default_portal_max() -> Spanned<u64> {
+    Spanned::new(0..0, 36_000)
+}
+
+impl Default for RawPortal {
+    fn default() -> Self {
+        RawPortal {
+            networks: Vec::new(),
+            idle_timeout_seconds: default_portal_idle(),
+            max_session_seconds: default_portal_max(),
+            url: None,
+        }
+    }
 }

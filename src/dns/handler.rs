@@ -26,7 +26,7 @@ use super::upstream::{UpstreamError, Upstreams};
 use super::wire::{self, Answer, ClientQuery, Ede, Reject};
 use crate::audit::{AuditEvent, AuditSink};
 use crate::config::BlockMode;
-use crate::identity::{Identity, IdentitySource, IdentityTable};
+use crate::identity::{Identity, IdentityTable};
 use crate::metrics;
 use crate::policy::{self, Decision, Reason, Request, Verdict};
 use crate::snapshot::{Snapshot, SnapshotStore};
@@ -179,6 +179,27 @@ impl Handler {
     /// Puts an upstream answer in the cache, as `forward` does (benches, tests).
     pub fn cache_insert(&self, name: &Name, qtype: RecordType, answer: &Answer) {
         self.cache.insert(name, qtype, answer);
+    }
+
+    /// The cached answer to `name`/`qtype`, TTLs counted down (counted as a lookup).
+    pub(super) fn cached(&self, name: &Name, qtype: RecordType) -> Option<Answer> {
+        let answer = self
+            .cache
+            .get(&fast::cache_key(name, u16::from(qtype)))
+            .and_then(|e| e.answer());
+        cache::count(answer.is_some());
+        answer
+    }
+
+    /// Asks the upstreams and caches the answer, as a client's cache miss does.
+    pub(super) async fn fetch(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+    ) -> Result<Answer, UpstreamError> {
+        let answer = self.upstreams.query(name.clone(), qtype).await?;
+        self.cache.insert(name, qtype, &answer);
+        Ok(answer)
     }
 
     /// Periodic upkeep: forget idle clients' rate-limit state, export the cache size.
@@ -389,7 +410,10 @@ impl Handler {
                 HOT.allow.inc();
                 let rcode = entry.wire().rcode();
                 let elapsed = count_response(ResponseCode::from(0, rcode), Path::Cache, started);
-                if snap.config.dns.log_allowed {
+                if snap
+                    .config
+                    .records_allowed(decision.profile, snap.config.dns.log_allowed)
+                {
                     let ctx = QueryCtx {
                         snap,
                         client,
@@ -581,7 +605,12 @@ impl Handler {
                 .inc();
         }
         let elapsed = count_response(rcode, path, ctx.started);
-        if d.verdict == Verdict::Block || ctx.snap.config.dns.log_allowed {
+        if d.verdict == Verdict::Block
+            || ctx
+                .snap
+                .config
+                .records_allowed(d.profile, ctx.snap.config.dns.log_allowed)
+        {
             self.audit_event(qtype, ctx, via, elapsed);
         }
     }
@@ -596,7 +625,7 @@ impl Handler {
             service: "dns",
             client_ip: ctx.client,
             user: ctx.identity.user.as_deref().map(str::to_string),
-            identity: identity_label(ctx.identity.source),
+            identity: ctx.identity.source.label(),
             profile: ctx.snap.profile_name(d.profile).to_string(),
             target: ctx.host.clone(),
             qtype: Some(RecordType::from(qtype).to_string()),
@@ -614,17 +643,6 @@ impl Handler {
             latency_us: elapsed.as_micros() as u64,
             proxy: None,
         });
-    }
-}
-
-fn identity_label(s: IdentitySource) -> &'static str {
-    match s {
-        IdentitySource::ProxyAuth => "proxy_auth",
-        IdentitySource::Portal => "portal",
-        IdentitySource::Static => "static",
-        IdentitySource::Network => "network",
-        IdentitySource::Default => "default",
-        IdentitySource::Operator => "operator",
     }
 }
 

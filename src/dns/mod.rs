@@ -5,14 +5,16 @@
 //! naming the category).
 //!
 //! It owns the DNS wire edge (`wire`), the transports (`server`), the per-query
-//! pipeline (`handler`), the answer cache (`cache`) and the upstream pool
-//! (`upstream`). It does not own policy state (it reads the current
+//! pipeline (`handler`), the answer cache (`cache`), the upstream pool
+//! (`upstream`) and the lookups vigie makes for itself (`resolve`: the proxy's
+//! origins). It does not own policy state (it reads the current
 //! `snapshot::Snapshot` per query) nor the audit store (it only queues events).
 //! Only clients inside `client_networks` get answers: never an open resolver.
 
 pub mod cache;
 pub mod fast;
 pub mod handler;
+pub mod resolve;
 pub mod server;
 pub mod upstream;
 pub mod wire;
@@ -22,6 +24,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 pub use handler::{Handler, HandlerOptions, Prepared, Transport};
+pub use resolve::ResolveError;
 pub use server::Listeners;
 pub use upstream::{UpstreamError, UpstreamSpec, Upstreams};
 

@@ -1,13 +1,18 @@
-//! Who is behind a request. For now the client's IP and the network map give an
-//! unidentified client its profile; proxy authentication, the captive portal, LDAP
-//! and static user mappings plug in here later. Nothing here decides or records.
+//! Who is behind a request: logins (proxy authentication, the captive portal),
+//! checked against the users file and LDAP / Active Directory, bind a client address
+//! to a person; static mappings and the network map give everyone else a profile.
+//! Nothing here decides what a person may do.
 
 pub mod ldap;
 pub mod limiter;
+pub mod portal;
+pub mod users;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
@@ -31,6 +36,95 @@ pub enum IdentitySource {
     Default,
     /// Chosen explicitly by an operator (`vigie check --profile`).
     Operator,
+}
+
+impl IdentitySource {
+    /// The name recorded in audit events and shown in traces.
+    pub fn label(self) -> &'static str {
+        match self {
+            IdentitySource::ProxyAuth => "proxy_auth",
+            IdentitySource::Portal => "portal",
+            IdentitySource::Static => "static",
+            IdentitySource::Network => "network",
+            IdentitySource::Default => "default",
+            IdentitySource::Operator => "operator",
+        }
+    }
+}
+
+/// Where a password was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginDoor {
+    /// `Proxy-Authorization` on the explicit proxy.
+    Proxy,
+    /// The captive portal's form.
+    Portal,
+}
+
+/// What became of a login attempt, as audited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginOutcome {
+    /// Accepted; `via` names the backend (`users_file`, `ldap`).
+    Success { via: &'static str },
+    /// Unknown user or wrong password (never said which).
+    Failed,
+    /// Refused unchecked: too many failures lately.
+    Throttled,
+    /// The directory could not be asked.
+    Unavailable,
+    /// The person signed out.
+    Logout,
+}
+
+/// The audit event of a login attempt (`service = "auth"`): who tried (the name
+/// given, even when wrong — never the password), from where, through which door,
+/// and what came of it.
+pub fn login_event(
+    snapshot: &Snapshot,
+    door: LoginDoor,
+    client: IpAddr,
+    user: &str,
+    identity: Option<&Identity>,
+    outcome: LoginOutcome,
+    started: std::time::Instant,
+) -> crate::audit::AuditEvent {
+    let (verdict, rule) = match outcome {
+        LoginOutcome::Success { via } => ("login", format!("checked by {via}")),
+        LoginOutcome::Failed => ("login_failed", "unknown user or wrong password".into()),
+        LoginOutcome::Throttled => ("login_throttled", "too many failures lately".into()),
+        LoginOutcome::Unavailable => ("login_unavailable", "directory unreachable".into()),
+        LoginOutcome::Logout => ("logout", "signed out".into()),
+    };
+    let (door_name, source) = match door {
+        LoginDoor::Proxy => ("proxy", IdentitySource::ProxyAuth),
+        LoginDoor::Portal => ("portal", IdentitySource::Portal),
+    };
+    // A user name is at most 64 safe characters (users::valid_user_name); anything
+    // else is recorded cut and marked, so a pasted password cannot fill the log.
+    let user = if users::valid_user_name(user) {
+        user.to_string()
+    } else {
+        format!("(invalid name, {} characters)", user.chars().count())
+    };
+    crate::audit::AuditEvent {
+        time: Utc::now(),
+        service: "auth",
+        client_ip: crate::snapshot::canonical_ip(client),
+        user: Some(user),
+        identity: source.label(),
+        profile: identity
+            .map(|id| snapshot.profile_name(id.profile).to_string())
+            .unwrap_or_default(),
+        target: door_name.to_string(),
+        qtype: None,
+        verdict,
+        category: None,
+        rule,
+        entry: None,
+        via: None,
+        latency_us: started.elapsed().as_micros() as u64,
+        proxy: None,
+    }
 }
 
 /// The person (or at least the profile) behind a request.
@@ -83,16 +177,81 @@ impl Identity {
 }
 
 /// A person bound to a client address by a login (proxy authentication, captive
-/// portal), until it expires.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// portal), until logout, `expires`, or `idle` without any request from the address.
+#[derive(Debug)]
 pub struct Binding {
     pub user: Arc<str>,
     pub groups: Vec<Arc<str>>,
-    /// By name, not id: ids change when a reload reorders profiles.
-    pub profile: Arc<str>,
+    /// By name, not id: ids change when a reload reorders profiles. `None`: the
+    /// profile of the client's network (a users-file login says who, not which profile).
+    pub profile: Option<Arc<str>>,
     pub source: IdentitySource,
     pub since: DateTime<Utc>,
+    /// The latest end, whatever the activity.
     pub expires: DateTime<Utc>,
+    /// Ends after this long without a request from the address.
+    pub idle: Option<Duration>,
+    /// Last request seen from the address, ms since the epoch.
+    last_seen_ms: AtomicI64,
+}
+
+impl Binding {
+    pub fn new(
+        user: Arc<str>,
+        groups: Vec<Arc<str>>,
+        profile: Option<Arc<str>>,
+        source: IdentitySource,
+        now: DateTime<Utc>,
+        max: Duration,
+        idle: Option<Duration>,
+    ) -> Self {
+        Binding {
+            user,
+            groups,
+            profile,
+            source,
+            since: now,
+            expires: later(now, max),
+            idle,
+            last_seen_ms: AtomicI64::new(now.timestamp_millis()),
+        }
+    }
+
+    /// Whether the login still holds at `now`.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.expires > now
+            && self.idle.is_none_or(|idle| {
+                let last = self.last_seen_ms.load(Ordering::Relaxed);
+                last.saturating_add(idle.as_millis() as i64) > now.timestamp_millis()
+            })
+    }
+
+    /// Activity from the address: pushes the idle end back. One relaxed atomic.
+    pub fn touch(&self, now: DateTime<Utc>) {
+        self.last_seen_ms
+            .fetch_max(now.timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// When the login ends if nothing more happens.
+    pub fn ends(&self) -> DateTime<Utc> {
+        match self.idle {
+            Some(idle) => {
+                let last =
+                    DateTime::from_timestamp_millis(self.last_seen_ms.load(Ordering::Relaxed))
+                        .unwrap_or(self.since);
+                later(last, idle).min(self.expires)
+            }
+            None => self.expires,
+        }
+    }
+}
+
+/// `t + d`, saturating instead of overflowing.
+fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// IP → logged-in person, read lock-free on every DNS query and proxy request.
@@ -143,22 +302,24 @@ impl IdentityTable {
         self.bindings
             .load()
             .get(&ip)
-            .filter(|b| b.expires > now)
+            .filter(|b| b.is_live(now))
             .cloned()
     }
 
-    /// Drops expired bindings; returns how many.
-    pub fn purge_expired(&self, now: DateTime<Utc>) -> usize {
-        let expired = self
+    /// Drops the bindings that ended by `now` (idle, end of session) and returns
+    /// them, for the record.
+    pub fn purge_expired(&self, now: DateTime<Utc>) -> Vec<(IpAddr, Arc<Binding>)> {
+        let expired: Vec<(IpAddr, Arc<Binding>)> = self
             .bindings
             .load()
-            .values()
-            .filter(|b| b.expires <= now)
-            .count();
-        if expired > 0 {
+            .iter()
+            .filter(|(_, b)| !b.is_live(now))
+            .map(|(ip, b)| (*ip, b.clone()))
+            .collect();
+        if !expired.is_empty() {
             self.bindings.rcu(|m| {
                 m.iter()
-                    .filter(|(_, b)| b.expires > now)
+                    .filter(|(_, b)| b.is_live(now))
                     .map(|(k, v)| (*k, v.clone()))
                     .collect::<HashMap<_, _>>()
             });
@@ -174,19 +335,28 @@ impl IdentityTable {
         self.len() == 0
     }
 
-    /// Who is behind `ip` at `now`, in the documented precedence. A binding whose
-    /// profile a reload removed falls back to the default (strictest) profile.
+    /// Who is behind `ip` at `now`, in the documented precedence; counts as activity
+    /// of a login (its idle time starts again). A binding without a profile of its
+    /// own takes the one its address would have; one whose profile a reload removed
+    /// falls back to the default (strictest) profile.
     pub fn resolve(&self, snapshot: &Snapshot, ip: IpAddr, now: DateTime<Utc>) -> Identity {
         match self.get(ip, now) {
-            Some(b) => Identity {
-                user: Some(b.user.clone()),
-                groups: b.groups.clone(),
-                profile: snapshot
-                    .config
-                    .profile_id(&b.profile)
-                    .unwrap_or(snapshot.config.default_profile),
-                source: b.source,
-            },
+            Some(b) => {
+                b.touch(now);
+                let profile = match &b.profile {
+                    Some(p) => snapshot
+                        .config
+                        .profile_id(p)
+                        .unwrap_or(snapshot.config.default_profile),
+                    None => Identity::from_ip(snapshot, ip).profile,
+                };
+                Identity {
+                    user: Some(b.user.clone()),
+                    groups: b.groups.clone(),
+                    profile,
+                    source: b.source,
+                }
+            }
             None => Identity::from_ip(snapshot, ip),
         }
     }
@@ -217,15 +387,16 @@ profile = "personnel"
         Snapshot::build(cfg, None).unwrap()
     }
 
-    fn binding(user: &str, profile: &str, now: DateTime<Utc>, minutes: i64) -> Binding {
-        Binding {
-            user: user.into(),
-            groups: vec![],
-            profile: profile.into(),
-            source: IdentitySource::Portal,
-            since: now,
-            expires: now + chrono::Duration::minutes(minutes),
-        }
+    fn binding(user: &str, profile: &str, now: DateTime<Utc>, minutes: u64) -> Binding {
+        Binding::new(
+            user.into(),
+            vec![],
+            Some(profile.into()),
+            IdentitySource::Portal,
+            now,
+            Duration::from_secs(minutes * 60),
+            None,
+        )
     }
 
     #[test]
@@ -253,7 +424,7 @@ profile = "personnel"
         // Expired: back to the network's profile, and purged.
         let later = now + chrono::Duration::minutes(31);
         assert_eq!(t.resolve(&s, ip("10.1.2.3"), later).user, None);
-        assert_eq!(t.purge_expired(later), 1);
+        assert_eq!(t.purge_expired(later).len(), 1);
         assert!(t.is_empty());
     }
 

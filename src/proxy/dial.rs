@@ -1,11 +1,12 @@
 //! Reaching origins: name resolution, the SSRF guard on every resolved address,
 //! and Happy Eyeballs (RFC 8305) connection racing between IPv6 and IPv4.
 //!
-//! Names are resolved with the system resolver (`getaddrinfo` on tokio's blocking
-//! pool). On the appliance the system resolver is vigie's own DNS filter, so the
-//! filter's cache serves both; calling the DNS module's upstream pool directly is
-//! left for when it exposes a resolve API. This module decides nothing about policy:
-//! it only refuses addresses the guard forbids.
+//! Names are resolved through the DNS filter's cache and upstreams
+//! (`dns::Handler::resolve_addrs`: A and AAAA at once, TTLs and negative answers
+//! honoured), so the proxy and the school's clients share one cache. The system
+//! resolver (`getaddrinfo`) serves only a dialer built without the DNS filter (unit
+//! tests). This module decides nothing about policy: it only refuses addresses the
+//! guard forbids.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,6 +35,12 @@ pub enum DialError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot resolve {host}: {source}")]
+    Lookup {
+        host: String,
+        #[source]
+        source: crate::dns::ResolveError,
+    },
     #[error("{host} has no address")]
     NoAddress { host: String },
     #[error("{host} resolves to {addr}, which the proxy may not reach ({why:?})")]
@@ -58,6 +65,9 @@ pub enum DialError {
 pub struct Dialer {
     pub guard: Guard,
     pub connect_timeout: Duration,
+    /// The DNS filter, whose cache and upstreams resolve origin names; `None`: the
+    /// system resolver.
+    pub resolver: Option<Arc<crate::dns::Handler>>,
 }
 
 impl Dialer {
@@ -67,6 +77,26 @@ impl Dialer {
     pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, DialError> {
         let addrs: Vec<SocketAddr> = match parse_host_ip(host) {
             Some(ip) => vec![SocketAddr::new(ip, port)],
+            None if let Some(dns) = &self.resolver => {
+                match tokio::time::timeout(self.connect_timeout, dns.resolve_addrs(host)).await {
+                    Ok(Ok(ips)) => ips
+                        .into_iter()
+                        .map(|ip| SocketAddr::new(ip, port))
+                        .collect(),
+                    Ok(Err(source)) => {
+                        return Err(DialError::Lookup {
+                            host: host.to_string(),
+                            source,
+                        });
+                    }
+                    Err(_) => {
+                        return Err(DialError::Timeout {
+                            host: host.to_string(),
+                            after: self.connect_timeout,
+                        });
+                    }
+                }
+            }
             None => {
                 let lookup = tokio::net::lookup_host((host, port));
                 match tokio::time::timeout(self.connect_timeout, lookup).await {
@@ -248,6 +278,7 @@ mod tests {
         let d = Dialer {
             guard: Guard::new(&crate::config::ProxyConfig::default(), vec![], vec![]),
             connect_timeout: Duration::from_secs(2),
+            resolver: None,
         };
         for host in [
             "localhost",
@@ -276,6 +307,7 @@ mod tests {
         let d = Dialer {
             guard: Guard::new(&cfg, vec![], vec![]),
             connect_timeout: Duration::from_secs(2),
+            resolver: None,
         };
         // Port 1 on ::1 refuses at once; the IPv4 address then wins.
         let addrs = vec![

@@ -79,7 +79,7 @@ pub async fn handle(
     let kind = match (is_connect, conn.mode) {
         (true, _) => Kind::Connect,
         (false, Mode::TransparentHttp) => Kind::TransparentHttp,
-        (false, Mode::BlockPage) => Kind::BlockPage,
+        (false, Mode::BlockPage | Mode::BlockPageTls) => Kind::BlockPage,
         _ => Kind::Http,
     };
     let client_ip = canonical_ip(conn.peer.ip());
@@ -106,11 +106,31 @@ pub async fn handle(
         );
     }
 
+    // The block-page address explains blocks; it never opens tunnels.
+    if is_connect && conn.mode.is_block_page() {
+        return refuse(bad_request(), &log);
+    }
+
     let identity = match identify(&p, &snap, &conn, req.headers()).await {
         Ok(id) => id,
         Err(failed) => return auth_challenge(&snap, lang, &what, failed, &log),
     };
     log.identity(&snap, &identity);
+
+    // A network that requires login: nobody browses before signing in at the portal.
+    if needs_portal(&snap, client_ip, &identity) {
+        if is_connect {
+            return refuse(
+                Page {
+                    status: StatusCode::FORBIDDEN,
+                    reason: Msg::PortalRequired,
+                    refused: "portal",
+                },
+                &log,
+            );
+        }
+        return portal_redirect(&p.portal_url, &req, &conn, &log);
+    }
 
     if is_connect {
         return super::tunnel::connect(p, conn, snap, req, identity, lang, log, tracker).await;
@@ -124,7 +144,10 @@ pub async fn handle(
     let Some(host) = uri_host(&uri).map(str::to_string) else {
         return refuse(bad_request(), &log);
     };
-    let port = uri.port_u16().unwrap_or(80);
+    // `https` only on the TLS block page: the proxy forwards plain HTTP alone.
+    let scheme = uri.scheme_str().unwrap_or("http").to_string();
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let port = uri.port_u16().unwrap_or(default_port);
     let pq = uri
         .path_and_query()
         .map(|x| x.as_str())
@@ -132,14 +155,14 @@ pub async fn handle(
         .to_string();
     let literal = parse_host_ip(&host).map(canonical_ip);
     // Policy sees IP hosts in their canonical spelling, whatever the client wrote.
-    let port_text = if port == 80 {
+    let port_text = if port == default_port {
         String::new()
     } else {
         format!(":{port}")
     };
     let policy_url = match literal {
-        Some(ip) => format!("http://{}{port_text}{pq}", url_host(ip)),
-        None => format!("http://{}{port_text}{pq}", host.to_ascii_lowercase()),
+        Some(ip) => format!("{scheme}://{}{port_text}{pq}", url_host(ip)),
+        None => format!("{scheme}://{}{port_text}{pq}", host.to_ascii_lowercase()),
     };
     log.target(&policy_url, &host, port, Some(&pq));
 
@@ -149,7 +172,7 @@ pub async fn handle(
         (None, Some(ip)) => Some(SocketAddr::new(ip, port)),
         (None, None) => None,
     };
-    if let Some(addr) = checked.filter(|_| conn.mode != Mode::BlockPage)
+    if let Some(addr) = checked.filter(|_| !conn.mode.is_block_page())
         && let Err(why) = p.dialer.guard.check(addr)
     {
         return refuse(forbidden_page(why), &log);
@@ -177,7 +200,7 @@ pub async fn handle(
             return block_page(&p, &snap, &d2, &identity, lang, &policy_url, &log, false);
         }
     }
-    if conn.mode == Mode::BlockPage {
+    if conn.mode.is_block_page() {
         // Nothing is forwarded from here: the page says why, or that the name is
         // no longer blocked for this client (a DNS answer cached from before).
         return match d.verdict {
@@ -336,7 +359,7 @@ fn describe_target(req: &Request<Incoming>, conn: &Conn) -> String {
 /// The absolute URI asked for and, in transparent mode, where to connect.
 fn target_of(req: &Request<Incoming>, conn: &Conn) -> Result<(Uri, Option<SocketAddr>), Page> {
     match conn.mode {
-        Mode::BlockPage => {
+        Mode::BlockPage | Mode::BlockPageTls => {
             let host = req
                 .headers()
                 .get(header::HOST)
@@ -354,7 +377,12 @@ fn target_of(req: &Request<Incoming>, conn: &Conn) -> Result<(Uri, Option<Socket
                 .path_and_query()
                 .map(|p| p.as_str())
                 .unwrap_or("/");
-            let uri: Uri = format!("http://{host}{pq}")
+            let scheme = if conn.mode == Mode::BlockPageTls {
+                "https"
+            } else {
+                "http"
+            };
+            let uri: Uri = format!("{scheme}://{host}{pq}")
                 .parse()
                 .map_err(|_| bad_request())?;
             Ok((uri, None))
@@ -448,11 +476,13 @@ fn upstream_error(e: &hyper_util::client::legacy::Error) -> Page {
 pub fn dial_error_page(d: &DialError) -> Page {
     match d {
         DialError::Forbidden { why, .. } => forbidden_page(*why),
-        DialError::Resolve { .. } | DialError::NoAddress { .. } => Page {
-            status: StatusCode::BAD_GATEWAY,
-            reason: Msg::NameNotFound,
-            refused: "dns",
-        },
+        DialError::Resolve { .. } | DialError::Lookup { .. } | DialError::NoAddress { .. } => {
+            Page {
+                status: StatusCode::BAD_GATEWAY,
+                reason: Msg::NameNotFound,
+                refused: "dns",
+            }
+        }
         DialError::Timeout { .. } => Page {
             status: StatusCode::GATEWAY_TIMEOUT,
             reason: Msg::OriginTimeout,
@@ -519,27 +549,90 @@ pub fn block_page(
     )
 }
 
+/// Whether `ip` is on a `[portal] networks` range and nobody has signed in there
+/// (a static mapping counts as signed in: printers and lab machines never log in).
+pub fn needs_portal(snap: &Snapshot, ip: IpAddr, id: &Identity) -> bool {
+    snap.config.portal.networks.iter().any(|n| n.contains(&ip))
+        && id.user.is_none()
+        && id.source != IdentitySource::Static
+}
+
+/// `302` to the portal, with the page asked for as the place to come back to. This
+/// is also what the operating systems' connectivity probes
+/// (`connectivitycheck.gstatic.com`, `captive.apple.com`, `www.msftconnecttest.com`,
+/// `detectportal.firefox.com`) get, and what makes devices pop the login up.
+fn portal_redirect(
+    portal_url: &str,
+    req: &Request<Incoming>,
+    conn: &Conn,
+    log: &RequestLog,
+) -> Response<Body> {
+    let back = match target_of(req, conn) {
+        Ok((uri, _)) if uri.scheme().is_some() => uri.to_string(),
+        _ => String::new(),
+    };
+    let location = if back.is_empty() {
+        portal_url.to_string()
+    } else {
+        let q: String = back
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        format!("{portal_url}?url={q}")
+    };
+    log.refused("portal");
+    log.status(302);
+    let mut resp = Response::new(pages::full(bytes::Bytes::from(format!(
+        "<!DOCTYPE html><html lang=\"fr-CA\"><head><meta charset=\"utf-8\"><title>Portail</title></head>\
+<body><p><a href=\"{href}\">Connexion / Sign in</a></p></body></html>\n",
+        href = pages::escape(&location)
+    ))));
+    *resp.status_mut() = StatusCode::FOUND;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 /// Why identification failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthFailure {
     Missing,
     Invalid,
     Throttled,
+    /// The directory could not be asked.
+    Unavailable,
 }
 
 /// The identity behind a request: credentials when sent (explicit mode), else the
-/// identity table (a portal or LDAP login bound to the address, a static mapping,
+/// identity table (a portal or proxy login bound to the address, a static mapping,
 /// the network). Authentication is demanded only where configured, and not from a
-/// client a login already identified.
+/// client a login already identified. Valid credentials also bind the address to the
+/// person, so their DNS queries are theirs too; failed ones are audited.
 async fn identify(
     p: &Arc<Proxy>,
     snap: &Snapshot,
     conn: &Conn,
     headers: &HeaderMap,
 ) -> Result<Identity, AuthFailure> {
+    use crate::identity::users::Credentials;
+    use crate::identity::{Binding, LoginDoor, LoginOutcome, login_event};
     let ip = canonical_ip(conn.peer.ip());
+    let now = Utc::now();
     // Credentials beat the identity table (identity::IdentityTable's precedence).
-    let mut id = p.identities.resolve(snap, ip, Utc::now());
+    let id = p.identities.resolve(snap, ip, now);
     if conn.mode != Mode::Explicit {
         return Ok(id);
     }
@@ -549,26 +642,79 @@ async fn identify(
         .auth_required_networks
         .iter()
         .any(|n| n.contains(&ip));
-    match headers.get(header::PROXY_AUTHORIZATION) {
-        Some(v) => match p.auth.check(ip, v.as_bytes()).await {
-            super::auth::Credentials::Valid(user) => {
-                id.user = Some(user);
-                id.source = IdentitySource::ProxyAuth;
-                Ok(id)
-            }
-            super::auth::Credentials::Invalid => Err(AuthFailure::Invalid),
-            super::auth::Credentials::Throttled => Err(AuthFailure::Throttled),
-        },
-        None if required
-            && !(id.user.is_some()
-                && matches!(
-                    id.source,
-                    IdentitySource::Portal | IdentitySource::ProxyAuth
-                )) =>
-        {
-            Err(AuthFailure::Missing)
+    let Some(v) = headers.get(header::PROXY_AUTHORIZATION) else {
+        // Where credentials are required, only a portal login stands in for them: an
+        // address bound by someone's proxy login (for DNS attribution) may be shared
+        // (NAT, a lab's terminal server), so each proxy request proves itself.
+        if required && !(id.user.is_some() && id.source == IdentitySource::Portal) {
+            return Err(AuthFailure::Missing);
         }
-        None => Ok(id),
+        return Ok(id);
+    };
+    let started = std::time::Instant::now();
+    let (user, _) = crate::identity::users::parse_basic(v.as_bytes()).unwrap_or_default();
+    let failed = |outcome: LoginOutcome, why: AuthFailure| {
+        p.audit.record(login_event(
+            snap,
+            LoginDoor::Proxy,
+            ip,
+            &user,
+            None,
+            outcome,
+            started,
+        ));
+        Err(why)
+    };
+    match p.auth.check(ip, v.as_bytes()).await {
+        Credentials::Valid(v) => {
+            let portal = &snap.config.portal;
+            let known = p
+                .identities
+                .get(ip, now)
+                .is_some_and(|b| b.user == v.user && b.source == IdentitySource::ProxyAuth);
+            if !known {
+                p.identities.bind(
+                    ip,
+                    Binding::new(
+                        v.user.clone(),
+                        v.groups.clone(),
+                        v.profile.clone(),
+                        IdentitySource::ProxyAuth,
+                        now,
+                        portal.max_session,
+                        Some(portal.idle_timeout),
+                    ),
+                );
+            }
+            // This request is the credential's person, whatever the table holds
+            // (two people behind one address: each request is still theirs).
+            let profile = v
+                .profile
+                .as_deref()
+                .and_then(|name| snap.config.profile_id(name))
+                .unwrap_or_else(|| crate::identity::Identity::from_ip(snap, ip).profile);
+            let me = Identity {
+                user: Some(v.user.clone()),
+                groups: v.groups.clone(),
+                profile,
+                source: IdentitySource::ProxyAuth,
+            };
+            if !known {
+                p.audit.record(login_event(
+                    snap,
+                    LoginDoor::Proxy,
+                    ip,
+                    &v.user,
+                    Some(&me),
+                    LoginOutcome::Success { via: v.via },
+                    started,
+                ));
+            }
+            Ok(me)
+        }
+        Credentials::Invalid => failed(LoginOutcome::Failed, AuthFailure::Invalid),
+        Credentials::Throttled => failed(LoginOutcome::Throttled, AuthFailure::Throttled),
+        Credentials::Unavailable => failed(LoginOutcome::Unavailable, AuthFailure::Unavailable),
     }
 }
 
@@ -583,6 +729,19 @@ fn auth_challenge(
         AuthFailure::Missing => (Msg::AuthRequired, "auth"),
         AuthFailure::Invalid => (Msg::AuthFailed, "auth"),
         AuthFailure::Throttled => (Msg::AuthThrottled, "auth_throttled"),
+        AuthFailure::Unavailable => {
+            // Not the person's fault: no challenge, the browser would only ask again.
+            return error_page(
+                Page {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    reason: Msg::AuthUnavailable,
+                    refused: "auth_unavailable",
+                },
+                lang,
+                what,
+                log,
+            );
+        }
     };
     let mut resp = error_page(
         Page {

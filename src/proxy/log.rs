@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::audit::{AuditEvent, AuditSink, ProxyAudit};
-use crate::identity::{Identity, IdentitySource};
+use crate::identity::Identity;
 use crate::metrics;
 use crate::policy::{Decision, Request};
 use crate::snapshot::Snapshot;
@@ -67,6 +67,8 @@ struct Outcome {
     /// Why the proxy itself refused (not a policy block): `client_network`, `auth`,
     /// `internal`, `port`, `bad_request`, `upstream`…
     refused: Option<&'static str>,
+    /// The profile's `record_allowed`, once the identity is known.
+    record_allowed: Option<bool>,
 }
 
 /// One request's record, emitted on drop.
@@ -130,8 +132,13 @@ impl RequestLog {
     pub fn identity(&self, snap: &Snapshot, id: &Identity) {
         self.with(|o| {
             o.user = id.user.clone();
-            o.identity = identity_label(id.source);
+            o.identity = id.source.label();
             o.profile = snap.profile_name(id.profile).to_string();
+            o.record_allowed = snap
+                .config
+                .profiles
+                .get(id.profile as usize)
+                .and_then(|p| p.record_allowed);
         });
     }
 
@@ -190,7 +197,7 @@ impl Drop for RequestLog {
         metrics::PROXY_REQUESTS_TOTAL
             .with_label_values(&[self.kind.as_str(), verdict])
             .inc();
-        if !self.log_allowed && verdict == "allow" {
+        if verdict == "allow" && !o.record_allowed.unwrap_or(self.log_allowed) {
             return;
         }
         self.sink.record(AuditEvent {
@@ -224,17 +231,6 @@ impl Drop for RequestLog {
                 reference: o.reference,
             }),
         });
-    }
-}
-
-pub fn identity_label(s: IdentitySource) -> &'static str {
-    match s {
-        IdentitySource::ProxyAuth => "proxy_auth",
-        IdentitySource::Portal => "portal",
-        IdentitySource::Static => "static",
-        IdentitySource::Network => "network",
-        IdentitySource::Default => "default",
-        IdentitySource::Operator => "operator",
     }
 }
 

@@ -12,12 +12,12 @@
 //! This module reads the current `Snapshot` per request and queues audit events; it
 //! owns neither (the app wires them in). It must not decide anything `policy` can.
 
-pub mod auth;
 pub mod dial;
 mod forward;
 pub mod guard;
 pub mod log;
 pub mod pac;
+mod page_tls;
 pub mod pages;
 mod server;
 pub mod sniff;
@@ -41,6 +41,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::AuditSink;
 use crate::identity::IdentityTable;
+use crate::identity::users::Authenticator;
 use crate::snapshot::SnapshotStore;
 
 pub use server::Mode;
@@ -61,6 +62,8 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS block page: {0}")]
+    PageTls(#[from] page_tls::PageTlsError),
 }
 
 /// Where vigie's other services listen, so the proxy never forwards to them.
@@ -77,6 +80,14 @@ pub struct Setup {
     /// Who is logged in where (portal, LDAP): the identity of a client that sends
     /// no proxy credentials.
     pub identities: Arc<IdentityTable>,
+    /// The DNS filter, whose cache and upstreams resolve origin names (`None`: the
+    /// system resolver).
+    pub resolver: Option<Arc<crate::dns::Handler>>,
+    /// Checks passwords (users file, LDAP), shared with the captive portal.
+    pub auth: Arc<Authenticator>,
+    /// The captive portal's address, where unidentified clients of `[portal]
+    /// networks` are sent.
+    pub portal_url: String,
 }
 
 /// State shared by every connection of the proxy.
@@ -85,11 +96,14 @@ pub struct Proxy {
     audit: AuditSink,
     dialer: Arc<dial::Dialer>,
     client: Client<dial::Connector, Body>,
-    auth: Arc<auth::Authenticator>,
+    auth: Arc<Authenticator>,
+    portal_url: String,
     review_url: String,
     via: ::http::HeaderValue,
     limit: Arc<Semaphore>,
     identities: Arc<IdentityTable>,
+    /// TLS of the block-page address (`block_page_tls_listen`), when on.
+    page_tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// The bound listeners, ready to serve.
@@ -99,6 +113,7 @@ pub struct Listeners {
     transparent_http: Option<TcpListener>,
     transparent_tls: Option<TcpListener>,
     block_page: Option<TcpListener>,
+    block_page_tls: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -107,12 +122,13 @@ impl Listeners {
     }
 
     /// The optional listeners that are on, by name (`transparent_http`,
-    /// `transparent_tls`, `block_page`), for logs and the ready line.
+    /// `transparent_tls`, `block_page`, `block_page_tls`), for logs and the ready line.
     pub fn optional_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
         [
             ("transparent_http", &self.transparent_http),
             ("transparent_tls", &self.transparent_tls),
             ("block_page", &self.block_page),
+            ("block_page_tls", &self.block_page_tls),
         ]
         .into_iter()
         .filter_map(|(name, l)| Some((name, l.as_ref()?.local_addr().ok()?)))
@@ -149,7 +165,22 @@ impl Listeners {
             ));
         }
         if let Some(l) = self.block_page {
-            tasks.spawn(server::accept_loop(p, l, Mode::BlockPage, tracker, cancel));
+            tasks.spawn(server::accept_loop(
+                p.clone(),
+                l,
+                Mode::BlockPage,
+                tracker.clone(),
+                cancel.clone(),
+            ));
+        }
+        if let Some(l) = self.block_page_tls {
+            tasks.spawn(server::accept_loop(
+                p,
+                l,
+                Mode::BlockPageTls,
+                tracker,
+                cancel,
+            ));
         }
     }
 }
@@ -192,14 +223,25 @@ pub async fn setup(
         Some(a) => Some(bind(a).await?),
         None => None,
     };
+    let (block_page_tls, page_tls) = match cfg.block_page_tls_listen {
+        Some(a) => {
+            let data_dir = setup.data_dir.as_ref().or(snap.config.data_dir.as_ref());
+            let acceptor =
+                page_tls::acceptor(cfg.block_page_cert.as_ref(), data_dir.map(|d| d.as_path()))?;
+            (Some(bind(a).await?), Some(acceptor))
+        }
+        None => (None, None),
+    };
     let mut own = setup.own.clone();
     own.extend(explicit.local_addr().ok());
     own.extend(transparent_http.as_ref().and_then(|l| l.local_addr().ok()));
     own.extend(transparent_tls.as_ref().and_then(|l| l.local_addr().ok()));
     own.extend(block_page.as_ref().and_then(|l| l.local_addr().ok()));
+    own.extend(block_page_tls.as_ref().and_then(|l| l.local_addr().ok()));
     let dialer = Arc::new(dial::Dialer {
         guard: guard::Guard::new(cfg, own, guard::local_addresses()),
         connect_timeout: cfg.connect_timeout,
+        resolver: setup.resolver.clone(),
     });
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
@@ -207,17 +249,10 @@ pub async fn setup(
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(dial::Connector(dialer.clone()));
-    let users_file = cfg.users_file.clone().or_else(|| {
-        setup
-            .data_dir
-            .as_ref()
-            .or(snap.config.data_dir.as_ref())
-            .map(|d| d.join("users"))
-    });
-    let auth = Arc::new(auth::Authenticator::new(users_file));
-    if !cfg.auth_required_networks.is_empty() && auth.user_count() == 0 {
+    let auth = setup.auth.clone();
+    if !cfg.auth_required_networks.is_empty() && !auth.has_backend() {
         tracing::warn!(
-            "proxy authentication is required for {:?} but {} holds no user: add some with `vigie users add`",
+            "proxy authentication is required for {:?} but {} holds no user and no LDAP is configured: add users with `vigie users add`",
             cfg.auth_required_networks,
             auth.path()
                 .map(|p| p.display().to_string())
@@ -236,10 +271,12 @@ pub async fn setup(
         dialer,
         client,
         auth,
+        portal_url: setup.portal_url.clone(),
         review_url,
         via,
         limit: Arc::new(Semaphore::new(cfg.max_connections)),
         identities: setup.identities.clone(),
+        page_tls,
     });
     Ok(Listeners {
         proxy,
@@ -247,6 +284,7 @@ pub async fn setup(
         transparent_http,
         transparent_tls,
         block_page,
+        block_page_tls,
     })
 }
 
@@ -296,6 +334,30 @@ header_timeout_ms = 2500
             Some("0.0.0.0:3129".parse().unwrap())
         );
         assert_eq!(p.header_timeout, std::time::Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn block_page_tls_settings() {
+        let text = "[profiles.invites]\n[proxy]\nblock_page_tls_listen = \"0.0.0.0:443\"\nblock_page_cert_file = \"bp.crt\"\nblock_page_key_file = \"/k/bp.key\"\n";
+        let cfg = config::parse(text, "t.toml", Path::new("/etc/vigie")).unwrap();
+        assert_eq!(
+            cfg.proxy.block_page_tls_listen,
+            Some("0.0.0.0:443".parse().unwrap())
+        );
+        assert_eq!(
+            cfg.proxy.block_page_cert,
+            Some(("/etc/vigie/bp.crt".into(), "/k/bp.key".into()))
+        );
+        let text = "[profiles.invites]\n[proxy]\nblock_page_tls_listen = \"0.0.0.0:443\"\nblock_page_cert_file = \"bp.crt\"\n";
+        let err = config::parse(text, "t.toml", Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "t.toml:4:24: proxy.block_page_cert_file and proxy.block_page_key_file go together"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -37,6 +37,15 @@ pub enum Mode {
     /// The block-page address: every request gets the page for its Host, nothing
     /// is forwarded.
     BlockPage,
+    /// The same over TLS, for the `https://` of a name the DNS filter blocked.
+    BlockPageTls,
+}
+
+impl Mode {
+    /// Whether this listener only explains blocks (never forwards).
+    pub fn is_block_page(self) -> bool {
+        matches!(self, Mode::BlockPage | Mode::BlockPageTls)
+    }
 }
 
 /// What every request of one client connection shares.
@@ -141,7 +150,7 @@ async fn serve_conn(
     let snap = proxy.store.load();
     let client = snap.is_client(peer.ip());
     let original_dst = match mode {
-        Mode::Explicit | Mode::BlockPage => None,
+        Mode::Explicit | Mode::BlockPage | Mode::BlockPageTls => None,
         _ => match super::transparent::original_dst(&stream) {
             Ok(dst) => Some(dst),
             Err(e) => {
@@ -165,7 +174,6 @@ async fn serve_conn(
         }
         return;
     }
-    let cfg = &snap.config.proxy;
     let conn = Arc::new(Conn {
         peer,
         mode,
@@ -173,6 +181,39 @@ async fn serve_conn(
         original_dst,
         _permit: permit,
     });
+    if mode == Mode::BlockPageTls {
+        let Some(acceptor) = proxy.page_tls.clone() else {
+            return;
+        };
+        // The handshake counts against the header timeout: a silent TLS client is
+        // a slowloris too.
+        let handshake = acceptor.accept(stream);
+        match tokio::time::timeout(snap.config.proxy.header_timeout, handshake).await {
+            Ok(Ok(tls)) => serve_http(proxy, tls, conn, tracker, cancel).await,
+            // Expected after the certificate warning: the browser hangs up until the
+            // person accepts the certificate.
+            Ok(Err(e)) => tracing::debug!(%peer, "block page TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!(%peer, "block page TLS handshake timed out"),
+        }
+        return;
+    }
+    drop(snap);
+    serve_http(proxy, stream, conn, tracker, cancel).await;
+}
+
+/// One client's HTTP/1.1 connection (plain or inside the block page's TLS).
+async fn serve_http<I>(
+    proxy: Arc<Proxy>,
+    io: I,
+    conn: Arc<Conn>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let snap = proxy.store.load();
+    let cfg = &snap.config.proxy;
+    let peer = conn.peer;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -180,7 +221,7 @@ async fn serve_conn(
         .max_headers(cfg.max_headers)
         .max_header_size(cfg.max_header_bytes)
         .max_buf_size(cfg.max_header_bytes.max(8192) + 1024)
-        .keep_alive(client);
+        .keep_alive(conn.client);
     drop(snap);
     let p = proxy.clone();
     let c = conn.clone();
@@ -191,7 +232,7 @@ async fn serve_conn(
         async move { Ok::<_, Infallible>(super::forward::handle(p, c, req, tracker).await) }
     });
     let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {

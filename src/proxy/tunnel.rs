@@ -164,6 +164,12 @@ pub async fn transparent_tls(
     log.target(&what, &dst.ip().to_string(), dst.port(), None);
     let identity = p.identities.resolve(&snap, client_ip, Utc::now());
     log.identity(&snap, &identity);
+    // HTTPS cannot be redirected: before the portal login the connection is closed,
+    // and the device's plain-HTTP probe (redirected) shows the login.
+    if super::forward::needs_portal(&snap, client_ip, &identity) {
+        log.refused("portal");
+        return;
+    }
     if let Err(why) = p.dialer.guard.check(dst) {
         log.refused(forbidden_page(why).refused);
         return;

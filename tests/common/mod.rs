@@ -51,7 +51,8 @@ pub fn ut1_gambling_domain() -> String {
 /// - `nx.*` names: NXDOMAIN + SOA (negative TTL 30);
 /// - the safe-search hosts: their addresses;
 /// - `big.test` TXT: ~3 kB, more than fits in UDP (truncated there);
-/// - `cloaked.test`: a CNAME to `cloak_target`, then its address.
+/// - `cloaked.test`: a CNAME to `cloak_target`, then its address;
+/// - names under `loopback.test`: A 127.0.0.1, AAAA ::1 (origins the tests start).
 pub struct Upstream {
     pub addr: SocketAddr,
     pub queries: Arc<AtomicUsize>,
@@ -197,6 +198,18 @@ fn answer(packet: &[u8], cloak_target: &Name, udp: bool) -> Option<Vec<u8>> {
                 RData::A(A(UPSTREAM_V4)),
             ));
         }
+    } else if lower.ends_with(".loopback.test.") && qt == RecordType::A {
+        resp.add_answer(Record::from_rdata(
+            name,
+            300,
+            RData::A(A(Ipv4Addr::LOCALHOST)),
+        ));
+    } else if lower.ends_with(".loopback.test.") && qt == RecordType::AAAA {
+        resp.add_answer(Record::from_rdata(
+            name,
+            300,
+            RData::AAAA(AAAA(Ipv6Addr::LOCALHOST)),
+        ));
     } else if qt == RecordType::A {
         resp.add_answer(Record::from_rdata(name, 300, RData::A(A(UPSTREAM_V4))));
     } else if qt == RecordType::AAAA {
@@ -635,4 +648,176 @@ profile = "null"
     let path = dir.join("vigie.toml");
     std::fs::write(&path, text).expect("write config");
     path
+}
+
+// ---- HTTP clients (curl) and the audit trail as `vigie audit export` gives it ----
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Runs curl from `client` (`--interface`), returning status, headers and body.
+pub fn curl(client: &str, args: &[&str]) -> Reply {
+    let out = Command::new("curl")
+        .args(["-s", "-D", "-", "--max-time", "10", "--interface", client])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (headers, body) = text
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_string(), b.to_string()))
+        .unwrap_or((text.clone(), String::new()));
+    let status = headers
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn csrf_token(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
+    html[at..at + 32].to_string()
+}
+
+/// The portal's RFC 8908 answer for `client`.
+pub fn captive(v: &Vigie, client: &str) -> serde_json::Value {
+    let r = curl(client, &[&format!("http://{}/portal/api", v.admin)]);
+    assert_eq!(r.status, 200, "{}", r.headers);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/captive+json")
+    );
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// Logs in at the portal from `client` with a cookie jar; returns the reply.
+pub fn portal_login(
+    v: &Vigie,
+    client: &str,
+    jar: &Path,
+    user: &str,
+    password: &str,
+    url: &str,
+) -> Reply {
+    let jar = jar.to_str().unwrap();
+    let page = curl(
+        client,
+        &["-c", jar, "-b", jar, &format!("http://{}/portal", v.admin)],
+    );
+    assert_eq!(page.status, 200);
+    let token = csrf_token(&page.body);
+    curl(
+        client,
+        &[
+            "-c",
+            jar,
+            "-b",
+            jar,
+            "--data-urlencode",
+            &format!("user={user}"),
+            "--data-urlencode",
+            &format!("password={password}"),
+            "--data-urlencode",
+            &format!("csrf={token}"),
+            "--data-urlencode",
+            &format!("url={url}"),
+            &format!("http://{}/portal/login", v.admin),
+        ],
+    )
+}
+
+/// Every stored event of the last day, as `vigie audit export` gives them.
+pub fn export(cfg: &Path, dir: &Path, user: Option<&str>) -> Vec<serde_json::Value> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigie"));
+    cmd.args(["--config", cfg.to_str().unwrap(), "audit", "export"])
+        .args([
+            "--by",
+            "test",
+            "--justification",
+            "vérification du test de bout en bout",
+        ])
+        .arg("--data-dir")
+        .arg(dir);
+    if let Some(u) = user {
+        cmd.args(["--user", u]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits (at most 10 s: the writer's batch window is 1 s) until `pred` holds for
+/// the exported events, and returns them.
+pub fn wait_for(
+    cfg: &Path,
+    dir: &Path,
+    user: Option<&str>,
+    what: &str,
+    pred: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let evs = export(cfg, dir, user);
+        if pred(&evs) {
+            return evs;
+        }
+        if Instant::now() > deadline {
+            panic!("never saw {what}; events: {evs:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn has(evs: &[serde_json::Value], f: impl Fn(&serde_json::Value) -> bool) -> bool {
+    evs.iter().any(f)
+}
+
+/// A plain HTTP origin on loopback answering every request with `origin ok`.
+pub fn http_origin() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().map_while(Result::ok).take(1000) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\norigin ok",
+            );
+        }
+    });
+    addr
 }

@@ -1,5 +1,7 @@
-//! Proxy authentication: Basic credentials (`Proxy-Authorization`) checked against
-//! the users file, one `name:argon2-hash` per line, written by `vigie users`.
+//! The local users file (one `name:argon2-hash` per line, written by `vigie users`)
+//! and the password check every login door uses: proxy authentication (Basic
+//! `Proxy-Authorization`) and the captive portal, against that file and then
+//! LDAP / Active Directory when configured.
 //!
 //! argon2 is deliberately slow (tens of milliseconds), so a verified credential is
 //! remembered (keyed by a hash of name and password, never the password itself) and
@@ -179,29 +181,49 @@ pub fn delete_user(path: &Path, name: &str) -> Result<(), AuthError> {
     write_users(path, &users)
 }
 
-/// The result of checking a `Proxy-Authorization` header.
+/// Someone whose password checked out, and what the check told about them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub user: Arc<str>,
+    /// Directory groups (LDAP group DNs, lowercased); empty for the users file.
+    pub groups: Vec<Arc<str>>,
+    /// The profile the directory maps the person to; `None`: the network's.
+    pub profile: Option<Arc<str>>,
+    /// Which backend vouched: `users_file` or `ldap`.
+    pub via: &'static str,
+}
+
+/// The result of checking a password.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Credentials {
     /// A known user with the right password.
-    Valid(Arc<str>),
+    Valid(Arc<Verified>),
     /// Malformed, unknown user or wrong password.
     Invalid,
     /// Too many failures for this user or from this client lately: not even checked.
     Throttled,
+    /// The directory could not be asked (LDAP down): neither yes nor no.
+    Unavailable,
 }
 
-/// Checks Basic credentials against the users file, reloading it when it changes.
+/// Checks passwords: the users file first, then LDAP / Active Directory when
+/// configured, for every door a password comes through (proxy authentication, the
+/// captive portal). The users file is re-read when it changes.
 pub struct Authenticator {
     path: Option<PathBuf>,
     users: ArcSwap<HashMap<String, String>>,
     seen: Mutex<(Instant, Option<SystemTime>)>,
-    verified: moka::sync::Cache<u128, Arc<str>>,
+    verified: moka::sync::Cache<u128, Arc<Verified>>,
     limiter: LoginLimiter,
+    ldap: Option<crate::identity::ldap::LdapAuthenticator>,
 }
 
 impl Authenticator {
-    /// `path` None: nobody can authenticate (every credential is invalid).
-    pub fn new(path: Option<PathBuf>) -> Authenticator {
+    /// `path` None and no `ldap`: nobody can authenticate (every credential is invalid).
+    pub fn new(
+        path: Option<PathBuf>,
+        ldap: Option<crate::identity::ldap::LdapAuthenticator>,
+    ) -> Authenticator {
         let a = Authenticator {
             path,
             users: ArcSwap::from_pointee(HashMap::new()),
@@ -211,6 +233,7 @@ impl Authenticator {
                 .time_to_live(VERIFIED_TTL)
                 .build(),
             limiter: LoginLimiter::new(MAX_FAILURES, FAILURE_WINDOW),
+            ldap,
         };
         a.reload();
         a
@@ -222,6 +245,11 @@ impl Authenticator {
 
     pub fn user_count(&self) -> usize {
         self.users.load().len()
+    }
+
+    /// Whether anyone can log in at all (a users file with users, or a directory).
+    pub fn has_backend(&self) -> bool {
+        self.ldap.is_some() || self.user_count() > 0
     }
 
     fn reload(&self) {
@@ -258,48 +286,92 @@ impl Authenticator {
     }
 
     /// Checks a `Proxy-Authorization` value sent by `client`.
+    pub async fn check(self: &Arc<Self>, client: std::net::IpAddr, header: &[u8]) -> Credentials {
+        match parse_basic(header) {
+            Some((user, password)) => self.verify(client, &user, &password).await,
+            None => Credentials::Invalid,
+        }
+    }
+
+    /// Checks `user`'s `password`, sent by `client`.
     ///
     /// A credential verified lately is accepted from the cache before the limiter is
     /// asked: someone guessing a teacher's password must not cut off the teacher's
     /// browser, which proved it already.
-    pub async fn check(self: &Arc<Self>, client: std::net::IpAddr, header: &[u8]) -> Credentials {
+    pub async fn verify(
+        self: &Arc<Self>,
+        client: std::net::IpAddr,
+        user: &str,
+        password: &str,
+    ) -> Credentials {
         self.reload_if_changed(false);
-        let Some((user, password)) = parse_basic(header) else {
+        if !valid_user_name(user) {
             return Credentials::Invalid;
-        };
+        }
         let key =
             xxhash_rust::xxh3::xxh3_128(&[user.as_bytes(), b"\0", password.as_bytes()].concat());
-        if let Some(name) = self.verified.get(&key) {
-            return Credentials::Valid(name);
+        if let Some(v) = self.verified.get(&key) {
+            return Credentials::Valid(v);
         }
-        if self.limiter.check(&user, client, Instant::now()).is_err() {
+        if self.limiter.check(user, client, Instant::now()).is_err() {
             return Credentials::Throttled;
         }
-        if !self.users.load().contains_key(&user) {
+        if !self.users.load().contains_key(user) {
             // A stat, not a read: cheap enough to do for every unknown name.
             self.reload_if_changed(true);
         }
-        let Some(hash) = self.users.load().get(&user).cloned() else {
-            self.limiter.failure(&user, client, Instant::now());
-            return Credentials::Invalid;
+        let hash = self.users.load().get(user).cloned();
+        let verdict = match hash {
+            Some(hash) => {
+                let password = password.to_string();
+                let ok = tokio::task::spawn_blocking(move || {
+                    PasswordHash::new(&hash).is_ok_and(|h| {
+                        Argon2::default()
+                            .verify_password(password.as_bytes(), &h)
+                            .is_ok()
+                    })
+                })
+                .await
+                .unwrap_or(false);
+                ok.then(|| Verified {
+                    user: Arc::from(user),
+                    groups: Vec::new(),
+                    profile: None,
+                    via: "users_file",
+                })
+                .ok_or(Credentials::Invalid)
+            }
+            None => match &self.ldap {
+                Some(ldap) => match ldap.authenticate(user, password).await {
+                    Ok(id) => Ok(Verified {
+                        user: Arc::from(user),
+                        groups: id.groups.iter().map(|g| Arc::from(g.as_str())).collect(),
+                        profile: id.profile.as_deref().map(Arc::from),
+                        via: "ldap",
+                    }),
+                    Err(crate::identity::ldap::LdapError::InvalidCredentials) => {
+                        Err(Credentials::Invalid)
+                    }
+                    Err(e) => {
+                        tracing::error!("login of {user:?} not checked: {e}");
+                        // Not counted as a failure: the person did nothing wrong.
+                        return Credentials::Unavailable;
+                    }
+                },
+                None => Err(Credentials::Invalid),
+            },
         };
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false);
-        if ok {
-            self.limiter.success(&user, client);
-            let name: Arc<str> = Arc::from(user.as_str());
-            self.verified.insert(key, name.clone());
-            Credentials::Valid(name)
-        } else {
-            self.limiter.failure(&user, client, Instant::now());
-            Credentials::Invalid
+        match verdict {
+            Ok(v) => {
+                self.limiter.success(user, client);
+                let v = Arc::new(v);
+                self.verified.insert(key, v.clone());
+                Credentials::Valid(v)
+            }
+            Err(c) => {
+                self.limiter.failure(user, client, Instant::now());
+                c
+            }
         }
     }
 }
@@ -350,7 +422,8 @@ mod tests {
             Err(AuthError::Exists(_))
         ));
         set_password(&path, "bob", "pw", true).unwrap();
-        let auth = Arc::new(Authenticator::new(Some(path.clone())));
+        let auth = Arc::new(Authenticator::new(Some(path.clone()), None));
+        let valid = |c: Credentials, who: &str| matches!(c, Credentials::Valid(v) if &*v.user == who && v.via == "users_file");
         assert_eq!(auth.user_count(), 2);
         let ip: std::net::IpAddr = "10.0.0.7".parse().unwrap();
         let hdr = |u: &str, p: &str| {
@@ -359,17 +432,17 @@ mod tests {
                 base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
             )
         };
-        assert_eq!(
+        assert!(valid(
             auth.check(ip, hdr("alice", "correct horse").as_bytes())
                 .await,
-            Credentials::Valid("alice".into())
-        );
+            "alice"
+        ));
         // Second time from the cache.
-        assert_eq!(
+        assert!(valid(
             auth.check(ip, hdr("alice", "correct horse").as_bytes())
                 .await,
-            Credentials::Valid("alice".into())
-        );
+            "alice"
+        ));
         assert_eq!(
             auth.check(ip, hdr("alice", "wrong").as_bytes()).await,
             Credentials::Invalid
@@ -390,15 +463,15 @@ mod tests {
             Credentials::Throttled
         );
         let other: std::net::IpAddr = "10.0.0.8".parse().unwrap();
-        assert_eq!(
+        assert!(valid(
             auth.check(other, hdr("bob", "pw").as_bytes()).await,
-            Credentials::Valid("bob".into())
-        );
-        assert_eq!(
+            "bob"
+        ));
+        assert!(valid(
             auth.check(ip, hdr("alice", "correct horse").as_bytes())
                 .await,
-            Credentials::Valid("alice".into())
-        );
+            "alice"
+        ));
         delete_user(&path, "bob").unwrap();
         assert_eq!(read_users(&path).unwrap().len(), 1);
         let text = std::fs::read_to_string(&path).unwrap();
