@@ -260,6 +260,49 @@ fn example_appliance_config_is_valid() {
         "10.30.5.0/24",
         "most specific first"
     );
+    assert_eq!(c.portal.networks.len(), 1);
+    assert_eq!(c.portal.idle_timeout.as_secs(), 1800);
+}
+
+#[test]
+fn portal_audit_and_record_allowed_settings() {
+    let text = format!(
+        "{BASE}record_allowed = false\n[audit]\npseudonymize = true\n[portal]\nnetworks = [\"10.9.0.0/16\"]\nidle_timeout_seconds = 60\nurl = \"http://portail.ecole/portal/\"\n"
+    );
+    let c = parse(&text, "vigie.toml", Path::new("/etc/vigie")).unwrap_or_else(|e| panic!("{e}"));
+    let invites = c.profile_id("invites").unwrap();
+    let eleves = c.profile_id("eleves").unwrap();
+    assert!(
+        !c.records_allowed(invites, true),
+        "the profile's own choice wins"
+    );
+    assert!(c.records_allowed(eleves, true), "else the service's");
+    assert!(c.audit.pseudonymize);
+    assert_eq!(c.portal.idle_timeout.as_secs(), 60);
+    assert_eq!(c.portal.max_session.as_secs(), 36_000);
+    assert_eq!(c.portal.url.as_deref(), Some("http://portail.ecole/portal"));
+    let bad = "[profiles.invites]\n[portal]\nnetworks = [\"10.9.0.0/33\"]\nidle_timeout_seconds = 0\nurl = \"portail\"\nwhat = 1\n";
+    let e = errors(bad);
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("vigie.toml:3:13: ") && m.contains("10.9.0.0/33")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("vigie.toml:4:24: ") && m.contains("idle_timeout_seconds = 0")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("vigie.toml:5:7: ") && m.contains("must start with http://")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("vigie.toml:6:1: ") && m.contains("what")),
+        "{e:?}"
+    );
 }
 
 proptest::proptest! {
