@@ -129,6 +129,10 @@ struct UserArgs {
     file: Option<PathBuf>,
     /// The user's access code (letters, digits, '.', '_', '-', '@').
     name: String,
+    /// The profile this person gets wherever they log in (`add`, `passwd`);
+    /// default: the profile of the network they log in from.
+    #[arg(long, value_name = "PROFILE")]
+    profile: Option<String>,
 }
 
 #[derive(Args)]
@@ -533,17 +537,41 @@ fn users(config: Option<PathBuf>, cmd: UsersCommand) -> ExitCode {
             if !auth::valid_user_name(n) {
                 return fail(auth::AuthError::BadName(n.to_string()).to_string());
             }
+            let profile = match &cmd {
+                UsersCommand::Add(a) | UsersCommand::Passwd(a) => a.profile.as_deref(),
+                _ => None,
+            };
+            // A profile the configuration does not define would silently fall back
+            // to the default one at login: refuse it here, with the known names.
+            if let (Some(p), Ok(cfg)) = (profile, config::load(config.as_deref()))
+                && cfg.profile_id(p).is_none()
+            {
+                let known: Vec<&str> = cfg.profiles.iter().map(|x| x.name.as_str()).collect();
+                return fail(format!(
+                    "unknown profile \"{p}\" (known: {})",
+                    known.join(", ")
+                ));
+            }
             let password = match read_password() {
                 Ok(p) => p,
                 Err(e) => return fail(e),
             };
-            auth::set_password(&path, n, &password, matches!(cmd, UsersCommand::Add(_)))
+            auth::set_password(
+                &path,
+                n,
+                &password,
+                matches!(cmd, UsersCommand::Add(_)),
+                profile,
+            )
         }
         (UsersCommand::Del(_), Some(n)) => auth::delete_user(&path, n),
         _ => match auth::read_users(&path) {
             Ok(list) => {
-                for (n, _) in list {
-                    println!("{n}");
+                for u in list {
+                    match u.profile {
+                        Some(p) => println!("{}\t{p}", u.name),
+                        None => println!("{}", u.name),
+                    }
                 }
                 Ok(())
             }
@@ -566,19 +594,14 @@ fn open_audit_store(
     cfg: &config::Config,
     data_dir: Option<PathBuf>,
 ) -> Result<Box<dyn vigie::audit::store::Store>, String> {
-    use vigie::audit::store::{SqliteStore, Store};
-    match cfg.audit.store {
-        config::AuditStoreKind::Postgres => vigie::audit::postgres::PgStore::connect(
-            cfg.audit.postgres_url.as_deref().unwrap_or_default(),
-        )
-        .map(|s| Box::new(s) as Box<dyn Store>)
-        .map_err(|e| e.to_string()),
-        _ => match data_dir.or_else(|| cfg.data_dir.clone()) {
-            Some(dir) => SqliteStore::open(&dir.join("audit.db"))
-                .map(|s| Box::new(s) as Box<dyn Store>)
-                .map_err(|e| e.to_string()),
-            None => Err("no data directory (use --data-dir or data_dir in the config)".into()),
-        },
+    let dir = data_dir.or_else(|| cfg.data_dir.clone());
+    match vigie::audit::store::open(&cfg.audit, dir.as_deref()) {
+        Ok(Some(store)) => Ok(store),
+        Ok(None) if cfg.audit.store == config::AuditStoreKind::None => {
+            Err("[audit] store = \"none\": there is no audit store to read".into())
+        }
+        Ok(None) => Err("no data directory (use --data-dir or data_dir in the config)".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -86,10 +86,15 @@ profile = "eleves"
     path
 }
 
-/// `vigie users add NAME`, the password on stdin as an operator would type it.
-fn add_user(cfg: &Path, name: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigie"))
-        .args(["--config", cfg.to_str().unwrap(), "users", "add", name])
+/// `vigie users add NAME [--profile P]`, the password on stdin as an operator
+/// would type it.
+fn add_user(cfg: &Path, name: &str, profile: Option<&str>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigie"));
+    cmd.args(["--config", cfg.to_str().unwrap(), "users", "add", name]);
+    if let Some(p) = profile {
+        cmd.args(["--profile", p]);
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -116,7 +121,28 @@ fn dns_from(v: &Vigie, client: &str, name: &str) {
 fn portal_login_attributes_dns_and_proxy_then_idle_session_ends() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path());
-    add_user(&cfg, "mtremblay");
+    // A teacher: wherever she signs in, her profile is the staff's.
+    add_user(&cfg, "mtremblay", Some("personnel"));
+    let unknown = Command::new(env!("CARGO_BIN_EXE_vigie"))
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "users",
+            "add",
+            "x",
+            "--profile",
+            "personel",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("unknown profile \"personel\" (known: eleves, invites, personnel)"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
     let up = Upstream::start("");
     let origin = common::http_origin();
     let v = Vigie::start(&cfg, &[up.addr], dir.path());
@@ -286,7 +312,7 @@ fn portal_login_attributes_dns_and_proxy_then_idle_session_ends() {
 fn proxy_login_binds_the_address_and_profiles_choose_what_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path());
-    add_user(&cfg, "mtremblay");
+    add_user(&cfg, "mtremblay", None);
     let up = Upstream::start("");
     let origin = common::http_origin();
     let v = Vigie::start(&cfg, &[up.addr], dir.path());

@@ -57,6 +57,8 @@ pub enum AuthError {
     },
     #[error("invalid user name \"{0}\": use letters, digits, '.', '_', '-' or '@' (at most 64)")]
     BadName(String),
+    #[error("invalid profile name \"{0}\": use letters, digits, '_' or '-'")]
+    BadProfile(String),
     #[error("user \"{0}\" already exists (use `vigie users passwd`)")]
     Exists(String),
     #[error("no user \"{0}\"")]
@@ -87,8 +89,25 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
         .map_err(|e| AuthError::Hash(e.to_string()))
 }
 
+/// One line of the users file: `name:argon2-hash[:profile]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserEntry {
+    pub name: String,
+    /// An argon2 PHC string (`$argon2id$v=19$…`), which never contains `:`.
+    pub hash: String,
+    /// The profile this person gets wherever they log in; `None`: the network's.
+    pub profile: Option<String>,
+}
+
+fn valid_profile_name(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 64
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+}
+
 /// The users of a file, in file order. A missing file is an empty one.
-pub fn read_users(path: &Path) -> Result<Vec<(String, String)>, AuthError> {
+pub fn read_users(path: &Path) -> Result<Vec<UserEntry>, AuthError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -110,21 +129,30 @@ pub fn read_users(path: &Path) -> Result<Vec<(String, String)>, AuthError> {
             line: i + 1,
             why: why.to_string(),
         };
-        let (name, hash) = line
+        let (name, rest) = line
             .split_once(':')
-            .ok_or_else(|| bad("expected name:hash"))?;
+            .ok_or_else(|| bad("expected name:hash[:profile]"))?;
         if !valid_user_name(name) {
             return Err(bad("invalid user name"));
         }
+        let (hash, profile) = match rest.split_once(':') {
+            Some((h, p)) if valid_profile_name(p) => (h, Some(p.to_string())),
+            Some(_) => return Err(bad("invalid profile name after the hash")),
+            None => (rest, None),
+        };
         PasswordHash::new(hash)
             .map_err(|_| bad("not an argon2 hash (write users with `vigie users add`)"))?;
-        out.push((name.to_string(), hash.to_string()));
+        out.push(UserEntry {
+            name: name.to_string(),
+            hash: hash.to_string(),
+            profile,
+        });
     }
     Ok(out)
 }
 
 /// Replaces the file atomically (write beside, then rename), readable by its owner only.
-pub fn write_users(path: &Path, users: &[(String, String)]) -> Result<(), AuthError> {
+pub fn write_users(path: &Path, users: &[UserEntry]) -> Result<(), AuthError> {
     let werr = |source| AuthError::Write {
         path: path.to_path_buf(),
         source,
@@ -140,32 +168,52 @@ pub fn write_users(path: &Path, users: &[(String, String)]) -> Result<(), AuthEr
     let mut f = opts.open(&tmp).map_err(werr)?;
     writeln!(
         f,
-        "# vigie proxy users: name:argon2id hash. Edit with `vigie users add|passwd|del`."
+        "# vigie users: name:argon2id hash[:profile]. Edit with `vigie users add|passwd|del`."
     )
     .map_err(werr)?;
-    for (name, hash) in users {
-        writeln!(f, "{name}:{hash}").map_err(werr)?;
+    for u in users {
+        match &u.profile {
+            Some(p) => writeln!(f, "{}:{}:{p}", u.name, u.hash),
+            None => writeln!(f, "{}:{}", u.name, u.hash),
+        }
+        .map_err(werr)?;
     }
     f.sync_all().map_err(werr)?;
     std::fs::rename(&tmp, path).map_err(werr)
 }
 
-/// Adds (`create`), changes (`!create`) a user's password.
+/// Adds (`create`) a user, or changes (`!create`) a user's password. `profile`:
+/// the profile to give them (on a change, `None` keeps the one they have).
 pub fn set_password(
     path: &Path,
     name: &str,
     password: &str,
     create: bool,
+    profile: Option<&str>,
 ) -> Result<(), AuthError> {
     if !valid_user_name(name) {
         return Err(AuthError::BadName(name.to_string()));
     }
+    if let Some(p) = profile
+        && !valid_profile_name(p)
+    {
+        return Err(AuthError::BadProfile(p.to_string()));
+    }
     let mut users = read_users(path)?;
     let hash = hash_password(password)?;
-    match (users.iter_mut().find(|(n, _)| n == name), create) {
+    match (users.iter_mut().find(|u| u.name == name), create) {
         (Some(_), true) => return Err(AuthError::Exists(name.to_string())),
-        (Some(entry), false) => entry.1 = hash,
-        (None, true) => users.push((name.to_string(), hash)),
+        (Some(entry), false) => {
+            entry.hash = hash;
+            if let Some(p) = profile {
+                entry.profile = Some(p.to_string());
+            }
+        }
+        (None, true) => users.push(UserEntry {
+            name: name.to_string(),
+            hash,
+            profile: profile.map(str::to_string),
+        }),
         (None, false) => return Err(AuthError::NoSuchUser(name.to_string())),
     }
     write_users(path, &users)
@@ -174,7 +222,7 @@ pub fn set_password(
 pub fn delete_user(path: &Path, name: &str) -> Result<(), AuthError> {
     let mut users = read_users(path)?;
     let before = users.len();
-    users.retain(|(n, _)| n != name);
+    users.retain(|u| u.name != name);
     if users.len() == before {
         return Err(AuthError::NoSuchUser(name.to_string()));
     }
@@ -211,7 +259,8 @@ pub enum Credentials {
 /// captive portal). The users file is re-read when it changes.
 pub struct Authenticator {
     path: Option<PathBuf>,
-    users: ArcSwap<HashMap<String, String>>,
+    /// name → (argon2 hash, profile).
+    users: ArcSwap<HashMap<String, (String, Option<Arc<str>>)>>,
     seen: Mutex<(Instant, Option<SystemTime>)>,
     verified: moka::sync::Cache<u128, Arc<Verified>>,
     limiter: LoginLimiter,
@@ -257,7 +306,11 @@ impl Authenticator {
         let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         match read_users(path) {
             Ok(list) => {
-                self.users.store(Arc::new(list.into_iter().collect()));
+                self.users.store(Arc::new(
+                    list.into_iter()
+                        .map(|u| (u.name, (u.hash, u.profile.map(|p| Arc::from(p.as_str())))))
+                        .collect(),
+                ));
                 self.verified.invalidate_all();
             }
             // A broken file keeps the previous users: a typo must not lock a school out.
@@ -320,9 +373,9 @@ impl Authenticator {
             // A stat, not a read: cheap enough to do for every unknown name.
             self.reload_if_changed(true);
         }
-        let hash = self.users.load().get(user).cloned();
-        let verdict = match hash {
-            Some(hash) => {
+        let entry = self.users.load().get(user).cloned();
+        let verdict = match entry {
+            Some((hash, profile)) => {
                 let password = password.to_string();
                 let ok = tokio::task::spawn_blocking(move || {
                     PasswordHash::new(&hash).is_ok_and(|h| {
@@ -336,7 +389,7 @@ impl Authenticator {
                 ok.then(|| Verified {
                     user: Arc::from(user),
                     groups: Vec::new(),
-                    profile: None,
+                    profile,
                     via: "users_file",
                 })
                 .ok_or(Credentials::Invalid)
@@ -416,12 +469,12 @@ mod tests {
     async fn users_file_round_trip_and_verification() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users");
-        set_password(&path, "alice", "correct horse", true).unwrap();
+        set_password(&path, "alice", "correct horse", true, None).unwrap();
         assert!(matches!(
-            set_password(&path, "alice", "x", true),
+            set_password(&path, "alice", "x", true, None),
             Err(AuthError::Exists(_))
         ));
-        set_password(&path, "bob", "pw", true).unwrap();
+        set_password(&path, "bob", "pw", true, Some("personnel")).unwrap();
         let auth = Arc::new(Authenticator::new(Some(path.clone()), None));
         let valid = |c: Credentials, who: &str| matches!(c, Credentials::Valid(v) if &*v.user == who && v.via == "users_file");
         assert_eq!(auth.user_count(), 2);
@@ -463,10 +516,44 @@ mod tests {
             Credentials::Throttled
         );
         let other: std::net::IpAddr = "10.0.0.8".parse().unwrap();
-        assert!(valid(
-            auth.check(other, hdr("bob", "pw").as_bytes()).await,
-            "bob"
+        match auth.check(other, hdr("bob", "pw").as_bytes()).await {
+            Credentials::Valid(v) => assert_eq!(
+                (&*v.user, v.profile.as_deref()),
+                ("bob", Some("personnel")),
+                "the users file gives bob his profile"
+            ),
+            c => panic!("{c:?}"),
+        }
+        // A password change keeps the profile; the file says it after the hash.
+        set_password(&path, "bob", "pw2", false, None).unwrap();
+        let bob = read_users(&path)
+            .unwrap()
+            .into_iter()
+            .find(|u| u.name == "bob")
+            .unwrap();
+        assert_eq!(bob.profile.as_deref(), Some("personnel"));
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains(":personnel\n")
+        );
+        assert!(matches!(
+            set_password(&path, "carl", "pw", true, Some("mauvais profil")),
+            Err(AuthError::BadProfile(_))
         ));
+        std::fs::write(
+            &path,
+            "carl:$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo:a b\n",
+        )
+        .unwrap();
+        let e = read_users(&path).unwrap_err().to_string();
+        assert!(
+            e.ends_with(":1: invalid profile name after the hash"),
+            "{e}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        set_password(&path, "bob", "pw", true, Some("personnel")).unwrap();
+        set_password(&path, "alice", "correct horse", true, None).unwrap();
         assert!(valid(
             auth.check(ip, hdr("alice", "correct horse").as_bytes())
                 .await,
