@@ -7,6 +7,8 @@
 //! 5000000 target/bench/domains-5m.txt` when the tool is there), else a synthetic
 //! 300,000-name list is used so quick runs work anywhere. Generated data stays under
 //! `target/` and is never committed. Figures and commands: benches/RESULTS.md.
+//! `VIGIE_BENCH_QUICK=N` replaces criterion for the lookups by N timed rounds (see
+//! `quick_lookups`) and skips the rest.
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -131,6 +133,13 @@ fn bench_domains(c: &mut Criterion) {
         .count();
     eprintln!("miss queries that are listed after all: {false_hits}/10000");
 
+    if let Some(rounds) = std::env::var("VIGIE_BENCH_QUICK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        quick_lookups(set, &hits, &misses, rounds.max(1));
+        return;
+    }
     let mut g = c.benchmark_group("domains");
     g.throughput(Throughput::Elements(1));
     for (name, queries) in [
@@ -163,6 +172,31 @@ fn bench_domains(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// `VIGIE_BENCH_QUICK=N`: N rounds of 2^18 hits then 2^18 misses, printing the
+/// fastest and the median round. On a shared 2-core machine the fastest of a few
+/// rounds is the figure least disturbed by the neighbours, and runs of two builds
+/// can be alternated quickly to compare them under the same load.
+fn quick_lookups(set: &vigie::lists::DomainSet, hits: &[String], misses: &[String], rounds: usize) {
+    let mut per_kind = [Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for (times, queries) in per_kind.iter_mut().zip([hits, misses]) {
+            let t = std::time::Instant::now();
+            for q in queries.iter().take(1 << 18) {
+                black_box(set.lookup(black_box(q)));
+            }
+            times.push(t.elapsed().as_nanos() as f64 / f64::from(1 << 18));
+        }
+    }
+    for (kind, times) in ["hit", "miss"].iter().zip(&mut per_kind) {
+        times.sort_by(f64::total_cmp);
+        println!(
+            "quick {kind}_3labels: fastest round {:.0} ns, median round {:.0} ns ({rounds} rounds)",
+            times[0],
+            times[times.len() / 2]
+        );
+    }
 }
 
 fn bench_ips(c: &mut Criterion) {

@@ -17,11 +17,15 @@
 //! function of the hash (fast range, multiply-high), so the table is globally sorted
 //! and a bucket is filled from its first slot: the rank of the hash among a bucket's
 //! keys says where it can be, and a probe needs the next bucket only when its home
-//! bucket is full of smaller hashes (14 % of probes at 75 %, simulated). The lookup
-//! hashes and ranks every candidate suffix in one pass that never branches on loaded
-//! data, so the cache misses of a query overlap instead of queueing behind each
-//! other, and the table sits in huge pages (see `Table`) so a miss is not also a TLB
-//! miss.
+//! bucket is full of smaller hashes (14 % of probes at 75 %, simulated). The table
+//! sits in huge pages (see `Table`) so a cache miss is not also a TLB miss.
+//!
+//! In front of the table, a binary fuse filter (`Prefilter`, ~9 bits per name, small
+//! enough to stay in the L3 cache) rules out nearly every suffix that is not listed,
+//! so an unlisted host — most of real traffic — costs no DRAM read at all (80–90 ns
+//! instead of ~230 ns at 5 M names), and a listed one reads only the bucket of the
+//! suffix that matched. The lookup hashes every candidate suffix and asks the filter
+//! in one pass that never branches on loaded data, so those reads overlap.
 //!
 //! False positives: a suffix that is not listed matches only if its 64-bit xxh3
 //! hash equals that of a listed name, ~N/2^64 ≈ 3e-13 per suffix at 5 M names
@@ -34,6 +38,7 @@
 use std::collections::HashMap;
 
 use arrayvec::ArrayVec;
+use xorf::{BinaryFuse8, Descriptor, Filter as _};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::cache::Reader;
@@ -363,10 +368,96 @@ const _: () = assert!(std::mem::size_of::<Bucket>() == 64);
 #[derive(Clone, Copy)]
 struct Probe {
     hash: u64,
-    bucket: usize,
-    /// `Bucket::rank` of the hash in its home bucket.
-    rank: usize,
+    /// The prefilter did not rule the suffix out.
+    maybe: bool,
     suffix_len: u8,
+}
+
+/// The first-level filter: a binary fuse filter (xorf) over the same 64-bit hashes as
+/// the table, ~9 bits per name, so it fits the L3 cache where the table cannot.
+/// "Not in the filter" is exact, and ~99.6 % of unlisted suffixes get that answer
+/// from cache instead of a DRAM read of the table.
+#[derive(Clone, Default)]
+struct Prefilter(Option<BinaryFuse8>);
+
+impl Prefilter {
+    fn build(keys: impl ExactSizeIterator<Item = u64> + Clone) -> Prefilter {
+        // Keys are distinct hashes, so construction succeeds; if it ever did not,
+        // every suffix would simply go to the table, as before the filter existed.
+        Prefilter(BinaryFuse8::try_from_iterator(keys).ok())
+    }
+
+    #[inline(always)]
+    fn may_contain(&self, h: u64) -> bool {
+        self.0.as_ref().is_none_or(|f| f.contains(&h))
+    }
+
+    fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |f| f.fingerprints.len())
+    }
+
+    fn write_to(&self, out: &mut Vec<u8>) {
+        match &self.0 {
+            None => out.push(0),
+            Some(f) => {
+                out.push(1);
+                let d = &f.descriptor;
+                out.extend_from_slice(&d.seed.to_le_bytes());
+                for v in [
+                    d.segment_length,
+                    d.segment_length_mask,
+                    d.segment_count_length,
+                ] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                out.extend_from_slice(&(f.fingerprints.len() as u64).to_le_bytes());
+                out.extend_from_slice(&f.fingerprints);
+            }
+        }
+    }
+
+    /// Reads what `write_to` wrote, refusing any descriptor whose three probe
+    /// positions could fall outside the fingerprints (xorf indexes without checking
+    /// against a crafted layout).
+    fn read_from(r: &mut Reader<'_>) -> Option<Prefilter> {
+        match r.take(1)? {
+            [0] => return Some(Prefilter(None)),
+            [1] => {}
+            _ => return None,
+        }
+        let seed = r.u64()?;
+        let segment_length = r.u32()?;
+        let segment_length_mask = r.u32()?;
+        let segment_count_length = r.u32()?;
+        let n = usize::try_from(r.u64()?).ok()?;
+        let fingerprints: Box<[u8]> = r.take(n)?.into();
+        // h0 < segment_count_length; h1 and h2 stay inside the segment one and two
+        // places further, so the array must hold two segments past the count.
+        let end = u64::from(segment_count_length) + 2 * u64::from(segment_length);
+        if !segment_length.is_power_of_two()
+            || segment_length_mask != segment_length - 1
+            || segment_count_length % segment_length != 0
+            || end > n as u64
+            || end > u64::from(u32::MAX)
+        {
+            return None;
+        }
+        Some(Prefilter(Some(BinaryFuse8 {
+            descriptor: Descriptor {
+                seed,
+                segment_length,
+                segment_length_mask,
+                segment_count_length,
+            },
+            fingerprints,
+        })))
+    }
+}
+
+impl std::fmt::Debug for Prefilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Prefilter({} bytes)", self.bytes())
+    }
 }
 
 /// Suffixes probed together (a query with more candidate suffixes takes several
@@ -401,6 +492,8 @@ fn dots8(x: u64) -> u64 {
 pub struct DomainSet {
     /// One home bucket at least once built.
     buckets: Table,
+    /// Consulted for every suffix before the table (see `Prefilter`).
+    filter: Prefilter,
     /// Number of home buckets; the overflow buckets after them hold only keys pushed
     /// out of the last home buckets.
     home_buckets: u64,
@@ -420,17 +513,25 @@ impl DomainSet {
     /// ASCII). A host that is not a valid name simply matches nothing — and so does
     /// `host:port`: callers pass the bare host (strip the port, and the brackets of
     /// an IPv6 literal, first).
+    #[inline]
     pub fn lookup(&self, host: &str) -> DomainMatch {
+        // The work is out of line and this wrapper inlined: −4 ns on a cache-resident
+        // hit (the 144-byte result is still copied out with a `memcpy` call, ~15 %
+        // of such a lookup, perf).
+        let mut m = DomainMatch::default();
+        self.lookup_into(host, &mut m);
+        m
+    }
+
+    #[inline(never)]
+    fn lookup_into(&self, host: &str, m: &mut DomainMatch) {
         let raw = host.as_bytes();
         let raw = raw.strip_suffix(b".").unwrap_or(raw);
         if !raw.is_ascii() {
-            return self.lookup_non_ascii(host);
+            *m = self.lookup_non_ascii(host);
+        } else if !raw.is_empty() && raw.len() <= MAX_NAME && self.len != 0 {
+            self.lookup_ascii(raw, m);
         }
-        let mut m = DomainMatch::default();
-        if !raw.is_empty() && raw.len() <= MAX_NAME && self.len != 0 {
-            self.lookup_ascii(raw, &mut m);
-        }
-        m
     }
 
     /// Internationalised host: converted to punycode first (allocates; DNS queries
@@ -494,10 +595,8 @@ impl DomainSet {
         let mut j = 0;
         while j < labels {
             // Pass 1, most specific suffix first: hash each suffix whose label count
-            // some entry has, rank it in its home bucket and load the first key of the
-            // next bucket. Nothing here branches on loaded data, so a hit cannot make
-            // the CPU squash and re-issue the loads of the other suffixes: all the
-            // cache misses of the query are in flight together.
+            // some entry has and ask the prefilter about it. Nothing here branches on
+            // loaded data, so the filter reads of all suffixes are in flight together.
             let mut probes: ArrayVec<Probe, PROBE_BATCH> = ArrayVec::new();
             while j < labels && !probes.is_full() {
                 let start = usize::from(starts[j]);
@@ -508,20 +607,31 @@ impl DomainSet {
                 }
                 let suffix = name.get(start..).unwrap_or_default();
                 let hash = name_hash(suffix);
-                let bucket = home_bucket(hash, self.home_buckets).min(last);
                 let _ = probes.try_push(Probe {
                     hash,
-                    bucket,
-                    rank: buckets[bucket].rank(hash),
+                    maybe: self.filter.may_contain(hash),
                     suffix_len: suffix.len() as u8,
                 });
             }
-            // Pass 2: decode. A probe goes on to the next bucket only when its home
-            // bucket is full of smaller keys.
+            // Pass 2: only the suffixes the filter let through read the table (a
+            // listed name, or ~0.4 % of the others). A probe goes on to the next
+            // bucket only when its home bucket is full of smaller keys.
+            //
+            // Prefetching the home buckets of all suffixes in pass 1, so a hit would
+            // not wait for the filter before its table read, was measured: hits no
+            // faster (their cost is the DRAM read plus the work), misses ~40 ns
+            // slower (the useless DRAM traffic), with or without also prefetching the
+            // next bucket.
             for p in &probes {
-                let tag = match buckets[p.bucket].tag_of(p.hash, p.rank) {
+                if !p.maybe {
+                    continue;
+                }
+                let bucket = home_bucket(p.hash, self.home_buckets).min(last);
+                let b = &buckets[bucket];
+                let rank = b.rank(p.hash);
+                let tag = match b.tag_of(p.hash, rank) {
                     Some(t) => Some(t),
-                    None if p.rank == SLOTS => self.find_from(p.hash, p.bucket + 1),
+                    None if rank == SLOTS => self.find_from(p.hash, bucket + 1),
                     None => None,
                 };
                 if let Some(id) = tag {
@@ -570,6 +680,7 @@ impl DomainSet {
     /// Heap bytes held by the set.
     pub fn memory_bytes(&self) -> usize {
         self.buckets.bytes()
+            + self.filter.bytes()
             + self.set_offsets.capacity() * 4
             + self.set_items.capacity() * std::mem::size_of::<Tag>()
     }
@@ -604,6 +715,7 @@ impl DomainSet {
             out.extend_from_slice(&t.source.to_le_bytes());
             out.push(u8::from(t.exception));
         }
+        self.filter.write_to(out);
     }
 
     /// Reads what `write_to` wrote. Every count and index is checked, so even a
@@ -654,6 +766,7 @@ impl DomainSet {
                 exception: w[4] != 0,
             })
             .collect();
+        let filter = Prefilter::read_from(r)?;
         // Structural checks: offsets monotone within items, categories fit a CatSet,
         // every slot's tag id names an existing set.
         if set_offsets.first() != Some(&0)
@@ -676,6 +789,7 @@ impl DomainSet {
         }
         Some(DomainSet {
             buckets,
+            filter,
             home_buckets,
             set_offsets,
             set_items,
@@ -758,6 +872,11 @@ impl DomainSetBuilder {
         let (set_offsets, set_items) = sets.finish();
         Ok(DomainSet {
             buckets,
+            filter: if keys.is_empty() {
+                Prefilter::default()
+            } else {
+                Prefilter::build(keys.iter().map(|&(h, _)| h))
+            },
             home_buckets: home_buckets as u64,
             set_offsets,
             set_items,
@@ -982,6 +1101,57 @@ mod tests {
         for cut in [0, 10, out.len() / 2, out.len() - 1] {
             assert!(DomainSet::read_from(&mut Reader::new(&out[..cut])).is_none());
         }
+    }
+
+    #[test]
+    fn prefilter_turns_away_unlisted_suffixes() {
+        let names: Vec<String> = (0..50_000).map(|i| format!("f{i}.test")).collect();
+        let refs: Vec<_> = names.iter().map(|n| (n.as_str(), 1, false)).collect();
+        let s = set_of(&refs);
+        assert!(s.filter.0.is_some());
+        // ~9 bits per name, and a false-positive rate near 1/256.
+        assert!(s.filter.bytes() * 8 < 10 * names.len());
+        let passed = (0..50_000)
+            .filter(|i| {
+                s.filter
+                    .may_contain(name_hash(format!("g{i}.test").as_bytes()))
+            })
+            .count();
+        assert!(passed < 500, "{passed} false positives in 50000");
+        for n in names.iter().step_by(13) {
+            assert!(s.filter.may_contain(name_hash(n.as_bytes())));
+        }
+    }
+
+    #[test]
+    fn crafted_prefilter_layouts_are_refused() {
+        let s = set_of(&[
+            ("a.com", 1, false),
+            ("b.net", 2, false),
+            ("c.org", 3, false),
+        ]);
+        let mut good = Vec::new();
+        s.filter.write_to(&mut good);
+        assert!(Prefilter::read_from(&mut Reader::new(&good)).is_some());
+        // Layout: tag, seed, segment_length, mask, segment_count_length, len, bytes.
+        let patch = |at: usize, v: u32| {
+            let mut b = good.clone();
+            b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            b
+        };
+        let seg = u32::from_le_bytes(good[9..13].try_into().unwrap());
+        for bad in [
+            patch(9, seg + 1),             // not a power of two
+            patch(13, seg),                // mask not length - 1
+            patch(17, u32::MAX - seg + 1), // probes past the fingerprints
+            patch(17, seg * 1000),         // idem
+        ] {
+            assert!(Prefilter::read_from(&mut Reader::new(&bad)).is_none());
+        }
+        let mut bad_tag = good.clone();
+        bad_tag[0] = 7;
+        assert!(Prefilter::read_from(&mut Reader::new(&bad_tag)).is_none());
+        assert!(Prefilter::read_from(&mut Reader::new(&[0])).is_some_and(|f| f.0.is_none()));
     }
 
     #[test]
