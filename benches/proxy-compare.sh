@@ -13,7 +13,13 @@
 #     so the added latency shows;
 #   - CONNECT tunnel throughput of a 1 GiB HTTPS download (curl), against the same
 #     download straight from nginx;
-#   - RSS per idle connection, with IDLE idle client connections held open.
+#   - RSS per idle connection, with IDLE idle client connections held open;
+#   - p50/p99 at half of the proxy's own peak rate (paced: PACED_GAP_MS between the
+#     requests of each connection), and straight to nginx at the same rate: the
+#     latency the proxy adds when it is not saturated.
+# `vigie` records every request in its SQLite audit store (the product's default);
+# `vigie_noaudit` is the same binary with `[audit] store = "none"` and allowed
+# requests not recorded, so the cost of the audit trail shows.
 #
 #   benches/proxy-compare.sh
 #   N_DOMAINS=100000 DURATION=5 SERVERS="vigie squid" benches/proxy-compare.sh
@@ -33,10 +39,11 @@ LIGHT_CONNS=${LIGHT_CONNS:-4}
 IDLE=${IDLE:-10000}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
-SERVERS=${SERVERS:-"vigie squid e2guardian"}
+SERVERS=${SERVERS:-"vigie vigie_noaudit squid e2guardian"}
+PACED_GAP_MS=${PACED_GAP_MS:-10}
 ORIGIN_PORT=18081
 ORIGIN_TLS_PORT=18443
-declare -A PORT=([vigie]=3401 [squid]=3402 [e2guardian]=3403)
+declare -A PORT=([vigie]=3401 [squid]=3402 [e2guardian]=3403 [vigie_noaudit]=3404)
 
 mkdir -p "$OUT"
 PIDS=()
@@ -111,7 +118,7 @@ allow_loopback_origins = true
 connect_ports = [443, $ORIGIN_TLS_PORT]
 header_timeout_ms = 120000
 max_connections = 60000
-log_allowed = false
+log_allowed = true
 [[categories]]
 id = "bench"
 fr = "Banc d'essai"
@@ -124,6 +131,12 @@ path = "$(basename "$domains")"
 block = ["bench"]
 bare_ip = "allow"
 EOF
+
+# The same without the audit trail.
+sed -e 's/^log_allowed = true/log_allowed = false/' -e "s#^data_dir = .*#data_dir = \"$OUT/vigie-noaudit-data\"#" \
+  "$OUT/vigie.toml" >"$OUT/vigie-noaudit.toml"
+printf '[audit]\nstore = "none"\n' >>"$OUT/vigie-noaudit.toml"
+rm -rf "$OUT/vigie-data" "$OUT/vigie-noaudit-data"
 
 mkdir -p "$OUT/squid"
 cat >"$OUT/squid/squid.conf" <<EOF
@@ -180,6 +193,20 @@ wrk_run() { # conns url [script]
   [ -n "${3:-}" ] && script=(-s "$3")
   taskset -c "$CLIENT_CPU" wrk -t1 -c"$1" -d"${DURATION}s" --latency "${script[@]}" "$2" 2>&1
 }
+# Paced load at about `rate` requests/s: each connection waits PACED_GAP_MS after
+# each response (wrk's delay()), with rate × gap connections. Open-loop tools (wrk2)
+# are not packaged; at half of peak the response time is small next to the gap, so
+# the achieved rate (printed) stays close to the asked one.
+paced_run() { # rate url [absolute-form: yes]
+  local conns=$(( ($1 * PACED_GAP_MS + 999) / 1000 ))
+  [ "$conns" -lt 1 ] && conns=1
+  local lua=$OUT/paced.lua
+  {
+    if [ "${3:-}" = yes ]; then cat "$OUT/abs.lua"; fi
+    echo "function delay() return $PACED_GAP_MS end"
+  } >"$lua"
+  wrk_run "$conns" "$2" "$lua"
+}
 field() { # wrk output, what: rps|p50|p99 → number (µs for latencies)
   case $2 in
     rps) awk '/Requests\/sec/ {print int($2)}' <<<"$1" ;;
@@ -200,7 +227,7 @@ time.sleep(4)
 EOF
 }
 
-declare -A RPS P50 P99 LP50 LP99 LOAD TPUT IDLE_KIB CPU_US
+declare -A RPS P50 P99 LP50 LP99 LOAD TPUT IDLE_KIB CPU_US HRATE HP50 HP99 DP99
 direct=$(wrk_run "$CONNS" "http://localhost:$ORIGIN_PORT/1k")
 RPS[direct]=$(field "$direct" rps)
 light=$(wrk_run "$LIGHT_CONNS" "http://localhost:$ORIGIN_PORT/1k")
@@ -212,9 +239,11 @@ for s in $SERVERS; do
   port=${PORT[$s]}
   started=$(date +%s.%N)
   case $s in
-    vigie)
-      taskset -c "$SERVER_CPU" "$VIGIE" --config "$OUT/vigie.toml" run --proxy-listen "127.0.0.1:$port" \
-        --dns-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --upstream 127.0.0.1:9 >"$OUT/vigie.out" 2>"$OUT/vigie.log" &
+    vigie|vigie_noaudit)
+      conf=$OUT/vigie.toml
+      [ "$s" = vigie_noaudit ] && conf=$OUT/vigie-noaudit.toml
+      taskset -c "$SERVER_CPU" "$VIGIE" --config "$conf" run --proxy-listen "127.0.0.1:$port" \
+        --dns-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --upstream 127.0.0.1:9 >"$OUT/$s.out" 2>"$OUT/$s.log" &
       ;;
     squid)
       rm -f "$OUT/squid/squid.pid"
@@ -250,6 +279,14 @@ for s in $SERVERS; do
   CPU_US[$s]=$(echo "scale=1; ($cpu1 - $cpu0) * 1000000 / $(getconf CLK_TCK) / ${reqs:-1}" | bc)
   light=$(wrk_run "$LIGHT_CONNS" "http://127.0.0.1:$port/" "$OUT/abs.lua")
   LP50[$s]=$(field "$light" p50); LP99[$s]=$(field "$light" p99)
+  half=$(( ${RPS[$s]:-0} / 2 ))
+  if [ "$half" -gt 0 ]; then
+    paced=$(paced_run "$half" "http://127.0.0.1:$port/" yes)
+    HRATE[$s]=$(field "$paced" rps); HP50[$s]=$(field "$paced" p50); HP99[$s]=$(field "$paced" p99)
+    # nginx alone at the same rate: what the proxy adds is the difference.
+    paced=$(paced_run "$half" "http://localhost:$ORIGIN_PORT/1k")
+    DP99[$s]=$(field "$paced" p99)
+  fi
   TPUT[$s]=$(taskset -c "$CLIENT_CPU" curl -sk -x "http://127.0.0.1:$port" -o /dev/null -w '%{speed_download}' \
     "https://localhost:$ORIGIN_TLS_PORT/1g" | cut -d. -f1 || echo 0)
   # Idle connections: RSS before, and while IDLE connections are held open.
@@ -271,11 +308,11 @@ for s in $SERVERS; do
 done
 
 # ---- report ----
-printf '\n| server | load s | req/s (c=%s) | CPU µs/req | p50 µs | p99 µs | p50 µs (c=%s) | p99 µs (c=%s) | CONNECT MB/s | KiB/idle conn |\n' "$CONNS" "$LIGHT_CONNS" "$LIGHT_CONNS"
-printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
-printf '| direct (nginx) | | %s | | | | %s | %s | %s | |\n' "${RPS[direct]}" "${LP50[direct]}" "${LP99[direct]}" "$((${TPUT[direct]:-0} / 1000000))"
+printf '\n| server | load s | req/s (c=%s) | CPU µs/req | p50 µs | p99 µs | p50 µs (c=%s) | p99 µs (c=%s) | CONNECT MB/s | KiB/idle conn | ½-peak req/s | p50/p99 µs at ½ peak | nginx p99 µs at that rate |\n' "$CONNS" "$LIGHT_CONNS" "$LIGHT_CONNS"
+printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
+printf '| direct (nginx) | | %s | | | | %s | %s | %s | | | | |\n' "${RPS[direct]}" "${LP50[direct]}" "${LP99[direct]}" "$((${TPUT[direct]:-0} / 1000000))"
 for s in $SERVERS; do
   [ -n "${RPS[$s]:-}" ] || continue
-  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$s" "${LOAD[$s]}" "${RPS[$s]}" "${CPU_US[$s]}" "${P50[$s]}" "${P99[$s]}" \
-    "${LP50[$s]}" "${LP99[$s]}" "$((${TPUT[$s]:-0} / 1000000))" "${IDLE_KIB[$s]}"
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s |\n' "$s" "${LOAD[$s]}" "${RPS[$s]}" "${CPU_US[$s]}" "${P50[$s]}" "${P99[$s]}" \
+    "${LP50[$s]}" "${LP99[$s]}" "$((${TPUT[$s]:-0} / 1000000))" "${IDLE_KIB[$s]}" "${HRATE[$s]:-}" "${HP50[$s]:-}" "${HP99[$s]:-}" "${DP99[$s]:-}"
 done
