@@ -76,7 +76,10 @@ async fn serve(
         .data_dir
         .clone()
         .or_else(|| store.load().config.data_dir.clone());
-    let audit_path = data_dir.as_ref().map(|d| d.join("audit.jsonl"));
+    let audit_path = data_dir
+        .as_ref()
+        .filter(|_| store.load().config.audit.jsonl)
+        .map(|d| d.join("audit.jsonl"));
     let (audit, mut writer) = crate::audit::open(audit_path.as_deref()).await?;
     // The queryable store (SQLite by default). If it cannot be opened (read-only or
     // full disk, database down) filtering still starts: events go to the JSON-lines
@@ -118,8 +121,10 @@ async fn serve(
         .with_context(|| format!("cannot listen for admin on {}", opts.admin_listen))?;
     let admin_addr = admin.local_addr()?;
 
-    // One password check for every login door (proxy authentication, the portal).
+    // One password check for every login door (proxy authentication, the portal,
+    // the admin app).
     let auth = Arc::new(authenticator(&store.load(), data_dir.as_deref()));
+    let auth_for_admin = auth.clone();
     let admin_url = format!("http://{admin_addr}");
     let portal = Arc::new(crate::identity::portal::Portal {
         store: store.clone(),
@@ -149,10 +154,55 @@ async fn serve(
     let proxy_addr = proxy.local_addr().unwrap_or(opts.proxy_listen);
     let proxy_optional = proxy.optional_addrs();
     proxy.serve(&mut tasks, tracker.clone(), cancel.clone());
+    // The admin web app (issue 7): its own reads of the audit store, its requests
+    // database, and the unblock grants it puts back in force.
+    let admin_app = crate::admin::Admin::open(crate::admin::Setup {
+        store: store.clone(),
+        identities: identities.clone(),
+        auth: auth_for_admin,
+        audit: audit.clone(),
+        data_dir: data_dir.clone(),
+        config_path: opts.config.clone(),
+        shutdown: cancel.clone(),
+    })
+    .context("cannot start the admin web app")?;
     let pac = crate::proxy::pac::router(store.clone(), proxy_addr)
-        .merge(crate::identity::portal::router(portal));
+        .merge(crate::identity::portal::router(portal))
+        .merge(crate::admin::router(admin_app.clone()));
+
+    // HTTPS for the admin app, on its own address (`[admin] tls_listen`).
+    let mut admin_tls_addr = None;
+    let admin_cfg = store.load().config.admin.clone();
+    if let Some(addr) = admin_cfg.tls_listen {
+        let acceptor =
+            crate::admin::tls::acceptor(admin_cfg.tls_cert.as_ref(), data_dir.as_deref())
+                .context("admin HTTPS listener")?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for admin HTTPS on {addr}"))?;
+        admin_tls_addr = Some(l.local_addr()?);
+        tasks.spawn(crate::admin::tls::serve(
+            l,
+            acceptor,
+            admin_routes(pac.clone()),
+            tracker.clone(),
+            cancel.clone(),
+        ));
+    }
 
     tasks.spawn(serve_admin(admin, pac, cancel.clone()));
+    let mut services = vec![
+        ("dns (udp+tcp)".to_string(), dns_addr.to_string()),
+        ("proxy".to_string(), proxy_addr.to_string()),
+        ("admin".to_string(), format!("http://{admin_addr}")),
+    ];
+    services.extend(
+        proxy_optional
+            .iter()
+            .map(|(n, a)| (n.to_string(), a.to_string())),
+    );
+    services.extend(admin_tls_addr.map(|a| ("admin_tls".to_string(), format!("https://{a}"))));
+    let _ = admin_app.services.set(services);
 
     tasks.spawn(reload_loop(
         store.clone(),
@@ -172,6 +222,7 @@ async fn serve(
                 _ = every.tick() => {
                     h.maintain();
                     end_sessions(&ids, &upkeep_store.load(), &upkeep_audit);
+                    admin_app.upkeep().await;
                 }
             }
         }
@@ -186,6 +237,9 @@ async fn serve(
     let mut ready = format!("vigie ready: dns {dns_addr} admin {admin_addr} proxy {proxy_addr}");
     for (name, addr) in &proxy_optional {
         ready.push_str(&format!(" {name} {addr}"));
+    }
+    if let Some(a) = admin_tls_addr {
+        ready.push_str(&format!(" admin_tls {a}"));
     }
     // Handlers are installed before anyone is told we are ready: a SIGTERM sent
     // right after the ready line must drain and flush, not kill the process.
@@ -320,14 +374,11 @@ async fn wait_for_shutdown(
     }
 }
 
-/// `extra`: routes other services mount (the proxy's `/proxy.pac` and `/wpad.dat`).
-async fn serve_admin(
-    listener: tokio::net::TcpListener,
-    extra: axum::Router,
-    cancel: CancellationToken,
-) {
+/// The admin listener's routes: `/metrics`, `/healthz` and `extra`, the routes
+/// other services mount (the proxy's `/proxy.pac`, the portal, the admin app).
+fn admin_routes(extra: axum::Router) -> axum::Router {
     use axum::routing::get;
-    let app = axum::Router::new()
+    axum::Router::new()
         .route(
             "/metrics",
             get(|| async {
@@ -341,7 +392,19 @@ async fn serve_admin(
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
-        .merge(extra);
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::to("/admin/") }),
+        )
+        .merge(extra)
+}
+
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    extra: axum::Router,
+    cancel: CancellationToken,
+) {
+    let app = admin_routes(extra);
     let shutdown = cancel.clone();
     // Client addresses for the portal (and, later, the admin app's audit records).
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -368,6 +431,44 @@ fn publish_snapshot_metrics(s: &Snapshot) {
 
 /// Builds a new snapshot off the hot path and swaps it in; a snapshot that fails to
 /// build is rejected and the current one keeps serving.
+/// One reload of the configuration, as the admin app's health page lists it.
+#[derive(Clone, Debug)]
+pub struct ReloadRecord {
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub accepted: bool,
+    /// The snapshot serving afterwards.
+    pub version: u64,
+    pub message: String,
+}
+
+/// The last reloads, oldest first (at most [`RELOADS_KEPT`]).
+static RELOADS: std::sync::Mutex<std::collections::VecDeque<ReloadRecord>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+const RELOADS_KEPT: usize = 20;
+
+fn note_reload(accepted: bool, version: u64, message: String) {
+    let mut r = RELOADS.lock().unwrap_or_else(|p| p.into_inner());
+    if r.len() >= RELOADS_KEPT {
+        r.pop_front();
+    }
+    r.push_back(ReloadRecord {
+        time: chrono::Utc::now(),
+        accepted,
+        version,
+        message,
+    });
+}
+
+/// The last reloads, oldest first.
+pub fn recent_reloads() -> Vec<ReloadRecord> {
+    RELOADS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect()
+}
+
 pub async fn reload(
     store: &SnapshotStore,
     config: Option<PathBuf>,
@@ -392,6 +493,7 @@ pub async fn reload(
                 "reload accepted in {:?}",
                 started.elapsed()
             );
+            note_reload(true, version, format!("in {:?}", started.elapsed()));
             retire(old);
             true
         }
@@ -401,6 +503,7 @@ pub async fn reload(
                 serving = old.version,
                 "reload rejected, the current snapshot keeps serving:\n{e}"
             );
+            note_reload(false, old.version, e.to_string());
             false
         }
         Err(e) => {
@@ -409,6 +512,7 @@ pub async fn reload(
                 serving = old.version,
                 "reload rejected: snapshot build failed: {e}"
             );
+            note_reload(false, old.version, e.to_string());
             false
         }
     }

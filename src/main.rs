@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 use vigie::config;
 use vigie::identity::{Identity, IdentitySource};
-use vigie::policy::{self, Request, Verdict};
+use vigie::policy::{self, Verdict};
 use vigie::snapshot::Snapshot;
 
 #[derive(Parser)]
@@ -310,29 +310,8 @@ fn check(config: Option<PathBuf>, args: CheckArgs) -> ExitCode {
         None => Utc::now(),
     };
     let target = args.target.trim();
-    let url;
-    let request = if let Ok(ip) = target
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-    {
-        Request::Ip { ip, port: 443 }
-    } else if target.contains("://") || target.contains('/') {
-        url = if target.contains("://") {
-            target.to_string()
-        } else {
-            format!("http://{target}")
-        };
-        Request::Http {
-            method: "GET",
-            url: &url,
-        }
-    } else {
-        Request::Dns {
-            name: target,
-            qtype: 1,
-        }
-    };
+    let parsed = policy::CheckTarget::parse(target);
+    let request = parsed.request();
     let d = policy::decide(&snapshot, &request, &identity, now);
     let trace = d.explain(&snapshot, &request, &identity, now);
     if args.json {

@@ -87,6 +87,73 @@ pub fn path_prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
+/// Who an approved unblock request lets through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrantScope {
+    /// One person (the requester).
+    User(String),
+    /// Everyone with this profile (by name, so a reload that reorders profiles
+    /// keeps it right).
+    Profile(String),
+    Everyone,
+}
+
+/// An allow layered over the profiles at run time: an unblock request a director
+/// approved, until it expires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The unblock request's id.
+    pub id: i64,
+    /// Normalised host; its subdomains are let through too.
+    pub host: String,
+    pub scope: GrantScope,
+    pub expires: chrono::DateTime<chrono::Utc>,
+}
+
+/// The approved unblock requests in force: replaced whole (one pointer swap) when a
+/// director approves or a grant expires, shared by every snapshot a reload builds,
+/// and read by `policy::decide` like the profiles' own allow overrides.
+#[derive(Debug, Default)]
+pub struct Grants {
+    list: Vec<Grant>,
+}
+
+impl Grants {
+    pub fn new(list: Vec<Grant>) -> Self {
+        Grants { list }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn list(&self) -> &[Grant] {
+        &self.list
+    }
+
+    /// The grant letting `user` (of `profile`) reach `host` (normalised) at `now`.
+    pub fn find(
+        &self,
+        host: &str,
+        user: Option<&str>,
+        profile: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<&Grant> {
+        self.list.iter().find(|g| {
+            now < g.expires
+                && (host == g.host
+                    || (host.len() > g.host.len()
+                        && host.ends_with(g.host.as_str())
+                        && host.as_bytes()[host.len() - g.host.len() - 1] == b'.'))
+                && match &g.scope {
+                    GrantScope::Everyone => true,
+                    GrantScope::Profile(p) => p == profile,
+                    GrantScope::User(u) => user == Some(u.as_str()),
+                }
+        })
+    }
+}
+
 static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
 
 /// Config + compiled lists, immutable once built.
@@ -96,6 +163,9 @@ pub struct Snapshot {
     /// Per profile, same order as `config.profiles`.
     pub allow: Vec<Overrides>,
     pub deny: Vec<Overrides>,
+    /// Approved unblock requests; the same cell in every snapshot of a
+    /// [`SnapshotStore`] (see [`Grants`]).
+    pub grants: Arc<ArcSwap<Grants>>,
     /// Increases with every snapshot built by this process.
     pub version: u64,
     pub built_at: SystemTime,
@@ -125,6 +195,7 @@ impl Snapshot {
             lists,
             allow,
             deny,
+            grants: Arc::default(),
             version: NEXT_VERSION.fetch_add(1, Ordering::Relaxed),
             built_at: SystemTime::now(),
             build_time: started.elapsed(),
@@ -205,14 +276,28 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 /// Holds the current snapshot; readers never block, a reload is one pointer swap.
 pub struct SnapshotStore {
     current: ArcSwap<Snapshot>,
+    /// Handed to every snapshot put in service, so grants outlive reloads.
+    grants: Arc<ArcSwap<Grants>>,
 }
 
 impl SnapshotStore {
-    pub fn new(snapshot: Snapshot) -> Self {
+    pub fn new(mut snapshot: Snapshot) -> Self {
         snapshot.publish_metrics();
+        let grants = snapshot.grants.clone();
+        snapshot.grants = grants.clone();
         SnapshotStore {
             current: ArcSwap::from_pointee(snapshot),
+            grants,
         }
+    }
+
+    /// Puts `grants` in force at once, for every request that starts from now on.
+    pub fn set_grants(&self, grants: Grants) {
+        self.grants.store(Arc::new(grants));
+    }
+
+    pub fn grants(&self) -> Arc<Grants> {
+        self.grants.load_full()
     }
 
     /// The snapshot to use for one request, from start to finish.
@@ -226,7 +311,9 @@ impl SnapshotStore {
         &self,
         build: impl FnOnce() -> Result<Snapshot, E>,
     ) -> Result<Arc<Snapshot>, E> {
-        let next = Arc::new(build()?);
+        let mut next = build()?;
+        next.grants = self.grants.clone();
+        let next = Arc::new(next);
         next.publish_metrics();
         self.current.store(next.clone());
         Ok(next)
@@ -293,6 +380,56 @@ mod tests {
         assert_eq!(store.load().config.timezone, chrono_tz::Europe::Paris);
         // A request that started on the old snapshot still holds it.
         assert_eq!(before.config.timezone, chrono_tz::America::Toronto);
+    }
+
+    #[test]
+    fn grants_match_scope_host_and_time_and_survive_reloads() {
+        let now = chrono::Utc::now();
+        let g = |id, scope| Grant {
+            id,
+            host: "casino.example".into(),
+            scope,
+            expires: now + chrono::Duration::hours(1),
+        };
+        let grants = Grants::new(vec![
+            g(1, GrantScope::User("mtremblay".into())),
+            g(2, GrantScope::Profile("personnel".into())),
+        ]);
+        assert_eq!(
+            grants
+                .find("www.casino.example", Some("mtremblay"), "eleves", now)
+                .map(|g| g.id),
+            Some(1)
+        );
+        assert_eq!(
+            grants
+                .find("casino.example", None, "personnel", now)
+                .map(|g| g.id),
+            Some(2)
+        );
+        assert!(grants.find("casino.example", None, "eleves", now).is_none());
+        assert!(
+            grants
+                .find("notcasino.example", None, "personnel", now)
+                .is_none()
+        );
+        assert!(
+            grants
+                .find(
+                    "casino.example",
+                    None,
+                    "personnel",
+                    now + chrono::Duration::hours(2)
+                )
+                .is_none(),
+            "expired"
+        );
+        let cfg = config::parse("[profiles.invites]\n", "t.toml", Path::new("/")).unwrap();
+        let store = SnapshotStore::new(Snapshot::build(cfg.clone(), None).unwrap());
+        store.set_grants(Grants::new(vec![g(3, GrantScope::Everyone)]));
+        assert_eq!(store.load().grants.load().list().len(), 1);
+        store.reload(|| Snapshot::build(cfg, None)).unwrap();
+        assert_eq!(store.load().grants.load().list()[0].id, 3);
     }
 
     #[test]

@@ -310,6 +310,9 @@ lists_dir = "{lists}"
 [dns]
 rate_limit_qps = 0
 
+[audit]
+jsonl = true
+
 [proxy]
 allow_loopback_origins = {allow_loopback}
 connect_ports = [443, {tls_port}]

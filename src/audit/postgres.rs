@@ -8,8 +8,8 @@ use postgres::{Client, NoTls};
 
 use super::AuditEvent;
 use super::store::{
-    Dimension, HistoryAccess, HistoryAccessRecord, Period, Store, StoreError, StoredEvent,
-    check_justification, from_ms, host_of, ms,
+    BlockFilter, Dimension, HistoryAccess, HistoryAccessRecord, Period, Store, StoreError,
+    StoredEvent, check_justification, from_ms, host_of, ms,
 };
 
 const SCHEMA: &str = "
@@ -173,11 +173,12 @@ impl Store for PgStore {
         }
     }
 
-    fn blocks_by(
+    fn blocks_matching(
         &mut self,
         dim: Dimension,
         period: Period,
         limit: usize,
+        filter: &BlockFilter,
     ) -> Result<Vec<(String, u64)>, StoreError> {
         let (key, order) = match dim {
             Dimension::User => ("username", "n DESC, k"),
@@ -197,11 +198,26 @@ impl Store for PgStore {
         let sql = format!(
             "SELECT {key} AS k, COUNT(*) AS n FROM vigie_events
              WHERE verdict = 'block' AND time_ms >= $1 AND time_ms < $2{only_users}
+               AND ($4::text IS NULL OR client_ip::inet <<= ANY(string_to_array($4::text, ',')::inet[]))
+               AND ($5::text IS NULL OR COALESCE(category, '') = $5)
+               AND ($6::text IS NULL OR profile = $6)
+               AND ($7::text IS NULL OR host = $7)
              GROUP BY k ORDER BY {order} LIMIT $3"
         );
         let rows = self
             .client
-            .query(&sql, &[&ms(period.from), &ms(period.to), &(limit as i64)])
+            .query(
+                &sql,
+                &[
+                    &ms(period.from),
+                    &ms(period.to),
+                    &(limit as i64),
+                    &filter.networks_param(),
+                    &filter.category,
+                    &filter.profile,
+                    &filter.host,
+                ],
+            )
             .map_err(|e| self.err(e))?;
         rows.iter()
             .map(|r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)? as u64)))
@@ -256,7 +272,7 @@ impl Store for PgStore {
         let rows = self
             .client
             .query(
-                "SELECT time_ms, accessed_by, subject, justification FROM vigie_history_access ORDER BY id DESC LIMIT $1",
+                "SELECT time_ms, accessed_by, subject, justification, from_ms, to_ms FROM vigie_history_access ORDER BY id DESC LIMIT $1",
                 &[&(limit as i64)],
             )
             .map_err(|e| self.err(e))?;
@@ -267,6 +283,8 @@ impl Store for PgStore {
                     accessed_by: r.try_get(1)?,
                     subject: r.try_get(2)?,
                     justification: r.try_get(3)?,
+                    from: from_ms(r.try_get(4)?),
+                    to: from_ms(r.try_get(5)?),
                 })
             })
             .collect::<Result<_, postgres::Error>>()

@@ -133,6 +133,8 @@ pub struct AuditSettings {
     pub retention_days: u32,
     /// User names appear pseudonymised in aggregate views.
     pub pseudonymize: bool,
+    /// A JSON-lines copy of every event in `<data_dir>/audit.jsonl`.
+    pub jsonl: bool,
 }
 
 /// Resolved `[portal]` settings; see `schema::RawPortal`.
@@ -153,6 +155,109 @@ impl Default for PortalConfig {
             max_session: std::time::Duration::from_secs(*raw.max_session_seconds.get_ref()),
             url: None,
         }
+    }
+}
+
+/// A role of the admin web app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AdminRole {
+    /// Profiles, lists, health; sees the list of history accesses.
+    ItAdmin,
+    /// Dashboards and unblock requests (of their networks when restricted).
+    Director,
+    /// One person's history, with a written justification.
+    Auditor,
+}
+
+impl AdminRole {
+    pub const ALL: [AdminRole; 3] = [AdminRole::ItAdmin, AdminRole::Director, AdminRole::Auditor];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::ItAdmin => "it-admin",
+            AdminRole::Director => "director",
+            AdminRole::Auditor => "auditor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AdminRole> {
+        AdminRole::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// Who a role assignment is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminSubject {
+    User(String),
+    /// An LDAP group DN, lowercased (as the authenticator reports groups).
+    Group(String),
+}
+
+/// One `[[admin.roles]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminRoleGrant {
+    pub subject: AdminSubject,
+    pub role: AdminRole,
+    /// Empty: every network.
+    pub networks: Vec<IpNet>,
+}
+
+/// Resolved `[admin]` settings; see `schema::RawAdmin`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub roles: Vec<AdminRoleGrant>,
+    pub session: std::time::Duration,
+    pub secure_cookies: bool,
+    pub tls_listen: Option<std::net::SocketAddr>,
+    /// Certificate chain and key files (absolute); `None`: self-signed.
+    pub tls_cert: Option<(PathBuf, PathBuf)>,
+    pub history_second_approver: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            roles: Vec::new(),
+            session: std::time::Duration::from_secs(
+                60 * *schema::RawAdmin::default().session_minutes.get_ref(),
+            ),
+            secure_cookies: false,
+            tls_listen: None,
+            tls_cert: None,
+            history_second_approver: false,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The roles of `user` (member of `groups`), each with its networks (empty: all).
+    pub fn roles_of(&self, user: &str, groups: &[impl AsRef<str>]) -> Vec<(AdminRole, Vec<IpNet>)> {
+        let mut out: Vec<(AdminRole, Vec<IpNet>)> = Vec::new();
+        for g in &self.roles {
+            let applies = match &g.subject {
+                AdminSubject::User(u) => u == user,
+                AdminSubject::Group(dn) => {
+                    groups.iter().any(|x| x.as_ref().eq_ignore_ascii_case(dn))
+                }
+            };
+            if !applies {
+                continue;
+            }
+            match out.iter_mut().find(|(r, _)| *r == g.role) {
+                // Two grants of one role: the union of their networks, and an
+                // unrestricted grant wins.
+                Some((_, nets)) => {
+                    if nets.is_empty() || g.networks.is_empty() {
+                        nets.clear();
+                    } else {
+                        nets.extend(g.networks.iter().copied());
+                    }
+                }
+                None => out.push((g.role, g.networks.clone())),
+            }
+        }
+        out.sort_by_key(|(r, _)| *r);
+        out
     }
 }
 
@@ -215,6 +320,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// The captive portal's settings (`[portal]`).
     pub portal: PortalConfig,
+    /// The admin web app's settings (`[admin]`).
+    pub admin: AdminConfig,
 }
 
 /// Resolved `[proxy]` settings; see `schema::RawProxy` for what each means.
@@ -685,6 +792,7 @@ impl Validator<'_> {
         let dns = self.dns(&raw.dns);
         let proxy = self.proxy(&raw.proxy, base_dir);
         let portal = self.portal(&raw.portal);
+        let admin = self.admin(&raw.admin, base_dir);
 
         if !self.diags.is_empty() {
             return None;
@@ -710,7 +818,109 @@ impl Validator<'_> {
             dns,
             proxy,
             portal,
+            admin,
         })
+    }
+
+    fn admin(&mut self, raw: &schema::RawAdmin, base_dir: &Path) -> AdminConfig {
+        let mut roles = Vec::new();
+        for r in &raw.roles {
+            let name = r.role.get_ref().trim();
+            let role = AdminRole::parse(name);
+            if role.is_none() {
+                self.error_at(
+                    r.role.span(),
+                    format!(
+                        "unknown admin role \"{name}\" (expected it-admin, director or auditor){}",
+                        suggest(name, AdminRole::ALL.iter().map(|r| r.as_str()))
+                    ),
+                );
+            }
+            let subject = match (&r.user, &r.group) {
+                (Some(u), None) if !u.get_ref().trim().is_empty() => {
+                    Some(AdminSubject::User(u.get_ref().trim().to_string()))
+                }
+                (None, Some(g)) if !g.get_ref().trim().is_empty() => {
+                    Some(AdminSubject::Group(g.get_ref().trim().to_ascii_lowercase()))
+                }
+                _ => {
+                    self.error_at(
+                        r.role.span(),
+                        "[[admin.roles]] needs exactly one of user = \"login\" or group = \"<ldap group dn>\"",
+                    );
+                    None
+                }
+            };
+            let networks: Vec<IpNet> = r.networks.iter().filter_map(|n| self.cidr(n)).collect();
+            if !networks.is_empty() && role.is_some_and(|r| r != AdminRole::Director) {
+                self.error_at(
+                    r.networks[0].span(),
+                    format!("networks only restrict a director, not an {name}"),
+                );
+            }
+            if let (Some(subject), Some(role)) = (subject, role) {
+                roles.push(AdminRoleGrant {
+                    subject,
+                    role,
+                    networks,
+                });
+            }
+        }
+        let minutes = *raw.session_minutes.get_ref();
+        if !(5..=7 * 24 * 60).contains(&minutes) {
+            self.error_at(
+                raw.session_minutes.span(),
+                format!("admin.session_minutes = {minutes}: expected between 5 and 10080 (a week)"),
+            );
+        }
+        let tls_listen = raw.tls_listen.as_ref().and_then(|s| {
+            match s.get_ref().trim().parse::<std::net::SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.error_at(
+                        s.span(),
+                        format!(
+                            "admin.tls_listen \"{}\" is not an address:port (e.g. 0.0.0.0:8443)",
+                            s.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let file = |f: &Spanned<String>| {
+            let p = Path::new(f.get_ref().trim());
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base_dir.join(p)
+            }
+        };
+        let tls_cert = match (&raw.tls_cert_file, &raw.tls_key_file) {
+            (Some(c), Some(k)) => Some((file(c), file(k))),
+            (None, None) => None,
+            (Some(one), None) | (None, Some(one)) => {
+                self.error_at(
+                    one.span(),
+                    "admin.tls_cert_file and admin.tls_key_file go together: give both or neither",
+                );
+                None
+            }
+        };
+        if tls_cert.is_some() && tls_listen.is_none() {
+            self.error_at(
+                raw.tls_cert_file.as_ref().map(|s| s.span()).unwrap_or(0..0),
+                "admin.tls_cert_file is set but admin.tls_listen is not: nothing would serve it",
+            );
+        }
+        AdminConfig {
+            roles,
+            session: std::time::Duration::from_secs(minutes * 60),
+            secure_cookies: raw.secure_cookies,
+            tls_listen,
+            tls_cert,
+            history_second_approver: raw.history_second_approver,
+        }
     }
 
     fn portal(&mut self, raw: &schema::RawPortal) -> PortalConfig {
@@ -1027,6 +1237,7 @@ impl Validator<'_> {
             postgres_url: url,
             retention_days: days,
             pseudonymize: a.pseudonymize,
+            jsonl: a.jsonl,
         }
     }
 

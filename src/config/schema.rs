@@ -54,6 +54,9 @@ pub struct RawConfig {
     pub proxy: RawProxy,
     #[serde(default)]
     pub portal: RawPortal,
+    /// The admin web app (`src/admin/`): who may use it, sessions, TLS.
+    #[serde(default)]
+    pub admin: RawAdmin,
 }
 
 fn default_timezone() -> Spanned<String> {
@@ -232,6 +235,9 @@ pub struct RawAudit {
     /// stable pseudonyms; a person's own history still shows the name.
     #[serde(default)]
     pub pseudonymize: bool,
+    /// Also append every event to `<data_dir>/audit.jsonl` (for log shippers).
+    #[serde(default)]
+    pub jsonl: bool,
 }
 
 fn default_retention_days() -> Spanned<u32> {
@@ -246,6 +252,7 @@ impl Default for RawAudit {
             postgres_url_file: None,
             retention_days: default_retention_days(),
             pseudonymize: false,
+            jsonl: false,
         }
     }
 }
@@ -597,4 +604,68 @@ impl Default for RawPortal {
             url: None,
         }
     }
+}
+
+/// The admin web app (`[admin]`). Absent: the app runs on the admin listener and
+/// nobody can log in (no role is assigned).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Who gets which role: `[[admin.roles]] user = "x"` or `group = "<ldap dn>"`.
+    #[serde(default)]
+    pub roles: Vec<RawAdminRole>,
+    /// A login ends after this long, minutes.
+    #[serde(default = "default_session_minutes")]
+    pub session_minutes: Spanned<u64>,
+    /// Mark session cookies `Secure` on the plain listener too (behind a reverse
+    /// proxy that terminates TLS). The HTTPS listener always does.
+    #[serde(default)]
+    pub secure_cookies: bool,
+    /// HTTPS listener of the admin app, e.g. `0.0.0.0:8443`. Absent: plain HTTP only.
+    #[serde(default)]
+    pub tls_listen: Option<Spanned<String>>,
+    /// Certificate chain (PEM) of the HTTPS listener; relative to the config file.
+    /// Absent: a self-signed certificate kept in the data directory (`admin.crt`).
+    #[serde(default)]
+    pub tls_cert_file: Option<Spanned<String>>,
+    /// Private key (PEM) of `tls_cert_file`; both or neither.
+    #[serde(default)]
+    pub tls_key_file: Option<Spanned<String>>,
+    /// Opening one person's history needs a second auditor or IT admin to approve.
+    #[serde(default)]
+    pub history_second_approver: bool,
+}
+
+fn default_session_minutes() -> Spanned<u64> {
+    Spanned::new(0..0, 480)
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            roles: Vec::new(),
+            session_minutes: default_session_minutes(),
+            secure_cookies: false,
+            tls_listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            history_second_approver: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminRole {
+    /// A login name (users file or LDAP).
+    #[serde(default)]
+    pub user: Option<Spanned<String>>,
+    /// An LDAP group DN: every member gets the role.
+    #[serde(default)]
+    pub group: Option<Spanned<String>>,
+    /// `it-admin`, `director` or `auditor`.
+    pub role: Spanned<String>,
+    /// Restricts a director to these networks (schools); empty: all of them.
+    #[serde(default)]
+    pub networks: Vec<Spanned<String>>,
 }

@@ -336,3 +336,62 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn admin_section_roles_sessions_and_tls() {
+    let ok = format!(
+        "{BASE}
+[admin]
+session_minutes = 60
+tls_listen = \"127.0.0.1:8443\"
+[[admin.roles]]
+user = \"mdupont\"
+role = \"director\"
+networks = [\"10.1.0.0/16\"]
+[[admin.roles]]
+group = \"CN=TI,DC=ecole\"
+role = \"it-admin\"
+"
+    );
+    let c = parse(&ok, "vigie.toml", Path::new("/etc/vigie")).unwrap();
+    assert_eq!(c.admin.session, std::time::Duration::from_secs(3600));
+    assert_eq!(c.admin.tls_listen, Some("127.0.0.1:8443".parse().unwrap()));
+    let roles = c.admin.roles_of("mdupont", &["cn=ti,dc=ecole"]);
+    assert_eq!(roles.len(), 2);
+    assert_eq!(roles[0].0, AdminRole::ItAdmin);
+    assert_eq!(
+        roles[1],
+        (AdminRole::Director, vec!["10.1.0.0/16".parse().unwrap()])
+    );
+    assert!(c.admin.roles_of("x", &[] as &[&str]).is_empty());
+
+    let bad = errors(&format!(
+        "{BASE}
+[admin]
+session_minutes = 1
+tls_key_file = \"k.pem\"
+[[admin.roles]]
+user = \"a\"
+role = \"directr\"
+[[admin.roles]]
+user = \"b\"
+group = \"cn=x\"
+role = \"auditor\"
+[[admin.roles]]
+user = \"c\"
+role = \"auditor\"
+networks = [\"10.0.0.0/8\"]
+"
+    ));
+    let all = bad.join("\n");
+    assert!(
+        all.contains("unknown admin role \"directr\"")
+            && all.contains("did you mean \"director\"?"),
+        "{all}"
+    );
+    assert!(all.contains("needs exactly one of user"), "{all}");
+    assert!(all.contains("networks only restrict a director"), "{all}");
+    assert!(all.contains("session_minutes = 1"), "{all}");
+    assert!(all.contains("go together"), "{all}");
+    assert!(bad.iter().all(|e| e.starts_with("vigie.toml:")), "{all}");
+}

@@ -254,13 +254,15 @@ pub enum Credentials {
     Unavailable,
 }
 
+/// A user of the file as kept in memory: argon2 hash, profile.
+type UserRecord = (String, Option<Arc<str>>);
+
 /// Checks passwords: the users file first, then LDAP / Active Directory when
 /// configured, for every door a password comes through (proxy authentication, the
 /// captive portal). The users file is re-read when it changes.
 pub struct Authenticator {
     path: Option<PathBuf>,
-    /// name → (argon2 hash, profile).
-    users: ArcSwap<HashMap<String, (String, Option<Arc<str>>)>>,
+    users: ArcSwap<HashMap<String, UserRecord>>,
     seen: Mutex<(Instant, Option<SystemTime>)>,
     verified: moka::sync::Cache<u128, Arc<Verified>>,
     limiter: LoginLimiter,

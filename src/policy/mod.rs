@@ -4,7 +4,9 @@
 //! time: no I/O, no clock reads, no globals. The DNS filter, the proxy, `vigie check`
 //! and the tests all call the same function. Precedence, highest first:
 //!
-//! 1. an allow override of the profile (domain or URL prefix);
+//! 1. an allow override of the profile (domain or URL prefix), or an approved unblock
+//!    request in force (`Snapshot::grants`: read like the overrides, through the
+//!    snapshot, expiring by `now`);
 //! 2. a deny override of the profile;
 //! 3. a category the target is listed in, blocked by the profile at that time
 //!    (always-blocked categories, adjusted by the scheduled rules active then);
@@ -29,6 +31,44 @@ use crate::lists::{CatSet, CategoryId, SourceId, UrlHitKind, locate_entry};
 use crate::snapshot::Snapshot;
 
 pub use safesearch::safe_search_target;
+
+/// What an operator asks about (`vigie check`, the admin app's check page and
+/// simulations): an IP address, a URL (with or without `http://`), or a name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckTarget {
+    Ip(IpAddr),
+    Url(String),
+    Name(String),
+}
+
+impl CheckTarget {
+    pub fn parse(text: &str) -> CheckTarget {
+        let t = text.trim();
+        if let Ok(ip) = t
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            CheckTarget::Ip(ip)
+        } else if t.contains("://") {
+            CheckTarget::Url(t.to_string())
+        } else if t.contains('/') {
+            CheckTarget::Url(format!("http://{t}"))
+        } else {
+            CheckTarget::Name(t.trim_end_matches('.').to_ascii_lowercase())
+        }
+    }
+
+    /// The request the filter would see: a TLS connection to the address, a plain
+    /// HTTP GET of the URL, a DNS A query of the name.
+    pub fn request(&self) -> Request<'_> {
+        match self {
+            CheckTarget::Ip(ip) => Request::Ip { ip: *ip, port: 443 },
+            CheckTarget::Url(url) => Request::Http { method: "GET", url },
+            CheckTarget::Name(name) => Request::Dns { name, qtype: 1 },
+        }
+    }
+}
 
 /// What is being asked for.
 #[derive(Clone, Copy, Debug)]
@@ -74,6 +114,8 @@ impl Verdict {
 pub enum Reason {
     /// Index into the profile's `allow` list.
     AllowOverride(u16),
+    /// An approved unblock request (its id), see `snapshot::Grants`.
+    Granted(i64),
     /// Index into the profile's `deny` list.
     DenyOverride(u16),
     /// A category in the profile's always-blocked list.
@@ -240,6 +282,13 @@ pub fn decide(
     if let Some(h) = host_str {
         if let Some(i) = snapshot.allow[profile_id as usize].find(h, target.path) {
             d.reason = Reason::AllowOverride(i);
+            return d;
+        }
+        let grants = snapshot.grants.load();
+        if !grants.is_empty()
+            && let Some(g) = grants.find(h, identity.user.as_deref(), &profile.name, now)
+        {
+            d.reason = Reason::Granted(g.id);
             return d;
         }
         if let Some(i) = snapshot.deny[profile_id as usize].find(h, target.path) {
@@ -443,6 +492,7 @@ impl Decision {
                     .map(|o| o.to_string())
                     .unwrap_or_default()
             ),
+            Reason::Granted(id) => format!("{pname}: unblock request #{id}"),
             Reason::DenyOverride(i) => format!(
                 "{pname}: deny {}",
                 p.and_then(|p| p.deny.get(i as usize))

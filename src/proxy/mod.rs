@@ -17,7 +17,7 @@ mod forward;
 pub mod guard;
 pub mod log;
 pub mod pac;
-mod page_tls;
+pub mod page_tls;
 pub mod pages;
 mod server;
 pub mod sniff;

@@ -20,9 +20,25 @@ use tokio_rustls::rustls::{self, ServerConfig};
 pub const CERT_FILE: &str = "block-page.crt";
 pub const KEY_FILE: &str = "block-page.key";
 
-/// The name in the self-signed certificate: it matches no site, on purpose (the
-/// warning is the honest answer: vigie is not the blocked site).
-const SELF_SIGNED_NAME: &str = "block-page.vigie.invalid";
+/// What a self-signed certificate is for: where it is kept in the data directory
+/// and what it says. The block page and the admin app's HTTPS listener each have one.
+pub struct SelfSigned {
+    pub cert_file: &'static str,
+    pub key_file: &'static str,
+    /// Subject alternative names.
+    pub names: &'static [&'static str],
+    /// The common name a person sees when they open the certificate.
+    pub common_name: &'static str,
+}
+
+/// The block page's: its name matches no site, on purpose (the warning is the
+/// honest answer: vigie is not the blocked site).
+pub const BLOCK_PAGE: SelfSigned = SelfSigned {
+    cert_file: CERT_FILE,
+    key_file: KEY_FILE,
+    names: &["block-page.vigie.invalid"],
+    common_name: "vigie - page de blocage / block page",
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PageTlsError {
@@ -35,7 +51,7 @@ pub enum PageTlsError {
     #[error("{}: {why}", path.display())]
     Pem { path: PathBuf, why: String },
     #[error(
-        "cannot keep the block page's certificate in {}: {source} (give [proxy] block_page_cert_file and block_page_key_file, or a writable data directory)",
+        "cannot keep a self-signed certificate in {}: {source} (give the certificate and key files in the config, or a writable data directory)",
         path.display()
     )]
     Write {
@@ -43,9 +59,9 @@ pub enum PageTlsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot make the block page's self-signed certificate: {0}")]
+    #[error("cannot make a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error("the block page's certificate and key do not fit together: {0}")]
+    #[error("the certificate and key do not fit together: {0}")]
     Tls(#[from] rustls::Error),
 }
 
@@ -56,14 +72,25 @@ pub fn acceptor(
     files: Option<&(PathBuf, PathBuf)>,
     data_dir: Option<&Path>,
 ) -> Result<TlsAcceptor, PageTlsError> {
+    acceptor_for(files, data_dir, &BLOCK_PAGE)
+}
+
+/// [`acceptor`] for any listener: `files` when given, else the self-signed
+/// certificate `which` describes (made once, kept in `data_dir`).
+pub fn acceptor_for(
+    files: Option<&(PathBuf, PathBuf)>,
+    data_dir: Option<&Path>,
+    which: &SelfSigned,
+) -> Result<TlsAcceptor, PageTlsError> {
     let (chain, key) = match (files, data_dir) {
         (Some((cert, key)), _) => (load_chain(cert)?, load_key(key)?),
-        (None, Some(dir)) => self_signed_in(dir)?,
+        (None, Some(dir)) => self_signed_in(dir, which)?,
         (None, None) => {
             tracing::warn!(
-                "no data directory: the TLS block page's certificate changes at every start"
+                "no data directory: the self-signed certificate {} changes at every start",
+                which.cert_file
             );
-            let (cert, key) = generate()?;
+            let (cert, key) = generate(which)?;
             (
                 parse_chain(cert.as_bytes(), Path::new("(generated)"))?,
                 parse_key(key.as_bytes(), Path::new("(generated)"))?,
@@ -83,12 +110,13 @@ pub fn acceptor(
 /// The kept self-signed certificate of `dir`, made (and kept) if missing.
 fn self_signed_in(
     dir: &Path,
+    which: &SelfSigned,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PageTlsError> {
-    let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+    let (cert_path, key_path) = (dir.join(which.cert_file), dir.join(which.key_file));
     if cert_path.exists() && key_path.exists() {
         return Ok((load_chain(&cert_path)?, load_key(&key_path)?));
     }
-    let (cert, key) = generate()?;
+    let (cert, key) = generate(which)?;
     let write = |path: &Path, text: &str, mode: u32| -> Result<(), PageTlsError> {
         use std::os::unix::fs::OpenOptionsExt as _;
         let err = |source| PageTlsError::Write {
@@ -108,10 +136,7 @@ fn self_signed_in(
     // The key first: a certificate on disk always has its key beside it.
     write(&key_path, &key, 0o600)?;
     write(&cert_path, &cert, 0o644)?;
-    tracing::info!(
-        "made a self-signed certificate for the TLS block page: {}",
-        cert_path.display()
-    );
+    tracing::info!("made a self-signed certificate: {}", cert_path.display());
     Ok((
         parse_chain(cert.as_bytes(), &cert_path)?,
         parse_key(key.as_bytes(), &key_path)?,
@@ -119,13 +144,13 @@ fn self_signed_in(
 }
 
 /// A self-signed certificate and its key, in PEM.
-fn generate() -> Result<(String, String), PageTlsError> {
-    let mut params = rcgen::CertificateParams::new(vec![SELF_SIGNED_NAME.to_string()])?;
+fn generate(which: &SelfSigned) -> Result<(String, String), PageTlsError> {
+    let names: Vec<String> = which.names.iter().map(|n| n.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(names)?;
     // What a person sees when they open the certificate from the browser's warning.
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        "vigie - page de blocage / block page",
-    );
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, which.common_name);
     params
         .distinguished_name
         .push(rcgen::DnType::OrganizationName, "vigie");
@@ -191,7 +216,7 @@ mod tests {
     #[test]
     fn configured_files_are_used_and_errors_name_them() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = generate().unwrap();
+        let (cert, key) = generate(&BLOCK_PAGE).unwrap();
         let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
         std::fs::write(&c, cert).unwrap();
         std::fs::write(&k, key).unwrap();

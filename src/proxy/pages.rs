@@ -73,7 +73,7 @@ pub fn escape(s: &str) -> String {
 }
 
 /// Percent-encodes a query parameter value.
-fn query_escape(s: &str) -> String {
+pub fn query_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

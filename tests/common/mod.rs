@@ -636,6 +636,10 @@ profile = "nxdomain"
 [[networks]]
 cidr = "127.0.0.3/32"
 profile = "null"
+
+# The tests read the JSON-lines copy of the audit trail.
+[audit]
+jsonl = true
 "#,
         nets = nets.join(", "),
         rate = if extra.contains("rate_limit_qps") {
@@ -820,4 +824,88 @@ pub fn http_origin() -> SocketAddr {
         }
     });
     addr
+}
+
+/// One person's browser for the admin app: a cookie jar, a source address.
+pub struct Browser {
+    pub jar: PathBuf,
+    pub base: String,
+    pub from: &'static str,
+}
+
+impl Browser {
+    pub fn new(dir: &Path, v: &Vigie, name: &str, from: &'static str) -> Browser {
+        Browser {
+            jar: dir.join(format!("jar-{name}")),
+            base: format!("http://{}", v.admin),
+            from,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        let jar = self.jar.to_str().unwrap();
+        curl(
+            self.from,
+            &["-c", jar, "-b", jar, &format!("{}{path}", self.base)],
+        )
+    }
+
+    /// POSTs `fields` (url-encoded) to `path`.
+    pub fn post(&self, path: &str, fields: &[(&str, &str)]) -> Reply {
+        let jar = self.jar.to_str().unwrap();
+        let mut args: Vec<String> = vec!["-c".into(), jar.into(), "-b".into(), jar.into()];
+        for (k, v) in fields {
+            args.push("--data-urlencode".into());
+            args.push(format!("{k}={v}"));
+        }
+        if fields.is_empty() {
+            args.push("-X".into());
+            args.push("POST".into());
+        }
+        args.push(format!("{}{path}", self.base));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(self.from, &refs)
+    }
+
+    /// Signs in at `/admin/login` with `password`.
+    pub fn login(&self, user: &str, password: &str) -> Reply {
+        let page = self.get("/admin/login");
+        assert_eq!(page.status, 200, "{}", page.body);
+        let token = csrf_token(&page.body);
+        self.post(
+            "/admin/login",
+            &[("user", user), ("password", password), ("csrf", &token)],
+        )
+    }
+}
+
+/// The value of the hidden field `name` of an HTML page, unescaped.
+pub fn hidden_field(html: &str, name: &str) -> String {
+    let key = format!("name=\"{name}\" value=\"");
+    let at = html.find(&key).unwrap_or_else(|| panic!("no field {name}")) + key.len();
+    let end = at + html[at..].find('"').expect("end of value");
+    html[at..end]
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+/// `vigie users add NAME`, the password on stdin.
+pub fn add_user(cfg: &Path, name: &str, password: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigie"))
+        .args(["--config", cfg.to_str().unwrap(), "users", "add", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
 }
