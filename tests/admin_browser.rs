@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -104,23 +103,6 @@ name = "École A"
     let path = dir.join("vigie.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn add_user(cfg: &Path, name: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigie"))
-        .args(["--config", cfg.to_str().unwrap(), "users", "add", name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{PASSWORD}\n").as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
 }
 
 /// chromedriver on a free port, stopped on drop.
@@ -251,7 +233,7 @@ async fn browser_dashboard_unblock_request_and_audited_history() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path());
     for u in ["direction", "verif", "ti"] {
-        add_user(&cfg, u);
+        common::add_user(&cfg, u, PASSWORD);
     }
     let up = Upstream::start("");
     let origin = common::http_origin();

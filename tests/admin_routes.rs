@@ -9,12 +9,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
-use common::{Reply, Upstream, Vigie, csrf_token, curl, has, wait_for};
+use common::{Browser, Reply, Upstream, Vigie, add_user, csrf_token, curl, has, wait_for};
 use hickory_proto::rr::RecordType;
 
 /// Students of school A (a director is restricted to it).
@@ -104,77 +103,8 @@ name = "École B"
     path
 }
 
-fn add_user(cfg: &Path, name: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigie"))
-        .args(["--config", cfg.to_str().unwrap(), "users", "add", name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{PASSWORD}\n").as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-}
-
-/// One person's browser: a cookie jar.
-struct Browser {
-    jar: PathBuf,
-    base: String,
-    from: &'static str,
-}
-
-impl Browser {
-    fn new(dir: &Path, v: &Vigie, name: &str, from: &'static str) -> Browser {
-        Browser {
-            jar: dir.join(format!("jar-{name}")),
-            base: format!("http://{}", v.admin),
-            from,
-        }
-    }
-
-    fn get(&self, path: &str) -> Reply {
-        let jar = self.jar.to_str().unwrap();
-        curl(
-            self.from,
-            &["-c", jar, "-b", jar, &format!("{}{path}", self.base)],
-        )
-    }
-
-    /// POSTs `fields` (url-encoded) to `path`.
-    fn post(&self, path: &str, fields: &[(&str, &str)]) -> Reply {
-        let jar = self.jar.to_str().unwrap();
-        let mut args: Vec<String> = vec!["-c".into(), jar.into(), "-b".into(), jar.into()];
-        for (k, v) in fields {
-            args.push("--data-urlencode".into());
-            args.push(format!("{k}={v}"));
-        }
-        if fields.is_empty() {
-            args.push("-X".into());
-            args.push("POST".into());
-        }
-        args.push(format!("{}{path}", self.base));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        curl(self.from, &refs)
-    }
-
-    fn login(&self, user: &str) -> Reply {
-        let page = self.get("/admin/login");
-        assert_eq!(page.status, 200, "{}", page.body);
-        let token = csrf_token(&page.body);
-        self.post(
-            "/admin/login",
-            &[("user", user), ("password", PASSWORD), ("csrf", &token)],
-        )
-    }
-}
-
 fn login_ok(b: &Browser, user: &str) {
-    let r = b.login(user);
+    let r = b.login(user, PASSWORD);
     assert_eq!(r.status, 303, "{} {}", r.headers, r.body);
 }
 
@@ -201,7 +131,7 @@ fn admin_pages_forms_roles_and_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), false);
     for u in ["ti", "direction", "direction-a", "verif", "eleve1"] {
-        add_user(&cfg, u);
+        add_user(&cfg, u, PASSWORD);
     }
     let up = Upstream::start("");
     let origin = common::http_origin();
@@ -278,7 +208,7 @@ fn admin_pages_forms_roles_and_refusals() {
         ],
     );
     assert_eq!(wrong.status, 401);
-    let no_role = anon.login("eleve1");
+    let no_role = anon.login("eleve1", PASSWORD);
     assert_eq!(no_role.status, 403, "{}", no_role.body);
     assert!(no_role.body.contains("Aucun rôle"));
 
@@ -297,7 +227,7 @@ fn admin_pages_forms_roles_and_refusals() {
 
     // ---- a director: dashboard with the chart, numbers that link further down.
     let dir_b = Browser::new(dir.path(), &v, "direction", STAFF);
-    let r = dir_b.login("direction");
+    let r = dir_b.login("direction", PASSWORD);
     assert_eq!(r.header("location").as_deref(), Some("/admin/"));
     let cookie = r.header("set-cookie").unwrap_or_default();
     assert!(
@@ -444,7 +374,7 @@ fn admin_pages_forms_roles_and_refusals() {
 
     // ---- an auditor: no dashboard; history only with a justification.
     let aud = Browser::new(dir.path(), &v, "verif", STAFF);
-    let r = aud.login("verif");
+    let r = aud.login("verif", PASSWORD);
     assert_eq!(r.header("location").as_deref(), Some("/admin/history"));
     assert_eq!(aud.get("/admin/").status, 403);
     assert_eq!(aud.get("/admin/reviews").status, 403);
@@ -592,7 +522,7 @@ fn second_approver_is_required_and_is_someone_else() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), true);
     for u in ["verif", "verif2"] {
-        add_user(&cfg, u);
+        add_user(&cfg, u, PASSWORD);
     }
     let up = Upstream::start("");
     let v = Vigie::start(&cfg, &[up.addr], dir.path());
