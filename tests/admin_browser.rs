@@ -340,3 +340,95 @@ async fn browser_dashboard_unblock_request_and_audited_history() {
     drop(driver);
     assert!(v.stop().success());
 }
+
+/// IT staff in a real browser: a profile edited in the editor (preview with its
+/// simulation, then applied) changes what the running proxy does; a bad change in
+/// the whole-file editor is refused with the validator's message and the filter
+/// keeps its configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_it_admin_edits_a_profile_and_the_proxy_follows() {
+    let Some(driver_path) = require_browser() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    common::add_user(&cfg, "ti", PASSWORD);
+    let up = Upstream::start("");
+    let origin = common::http_origin();
+    let v = Vigie::start(&cfg, &[up.addr], dir.path());
+    let admin = format!("http://{}", v.admin);
+    let driver = Driver::start(&driver_path);
+    let c = browser(&driver, v.proxy).await;
+    const SITE: &str = "devoirs.loopback.test";
+    let page = format!("http://{SITE}:{}/", origin.port());
+    c.goto(&page).await.unwrap();
+    wait_source(&c, "the page before the edit", false, |s| {
+        s.contains("origin ok")
+    })
+    .await;
+
+    login(&c, &admin, "ti").await;
+    c.goto(&format!("{admin}/admin/config/profile/eleves"))
+        .await
+        .unwrap();
+    wait_source(&c, "the profile form", false, |s| {
+        s.contains("name=\"deny\"")
+    })
+    .await;
+    fill(&c, "#deny", &format!("{DENIED}\n{SITE}")).await;
+    fill(&c, "#targets", SITE).await;
+    shot(&c, "editor-profile").await;
+    click(&c, "form[action$='/preview'] button[type=submit]").await;
+    wait_source(&c, "the preview with its simulation", false, |s| {
+        s.contains("(changé)") || s.contains("(changed)")
+    })
+    .await;
+    shot(&c, "editor-preview").await;
+    click(&c, "form[action='/admin/config/apply'] button[type=submit]").await;
+    wait_source(&c, "the applied change", false, |s| {
+        s.contains("role=\"status\"")
+    })
+    .await;
+    shot(&c, "editor-applied").await;
+
+    // The running proxy follows at once.
+    c.goto(&page).await.unwrap();
+    wait_source(&c, "the block page", false, |s| s.contains("ref=")).await;
+    shot(&c, "editor-blocked-page").await;
+
+    // A bad change in the whole-file editor: refused with the validator's words.
+    c.goto(&format!("{admin}/admin/config/raw")).await.unwrap();
+    wait_source(&c, "the file editor", false, |s| s.contains("id=\"text\"")).await;
+    c.execute(
+        "const t = document.getElementById('text'); \
+         t.value = t.value.replace('block = [\"gambling\"]', 'block = [\"gambing\"]');",
+        vec![],
+    )
+    .await
+    .unwrap();
+    click(
+        &c,
+        "form[action='/admin/config/raw/preview'] button[type=submit]",
+    )
+    .await;
+    let src = wait_source(&c, "the refusal", false, |s| s.contains("role=\"alert\"")).await;
+    assert!(
+        src.contains("gambing") && src.contains("gambling"),
+        "the validator's message with its suggestion"
+    );
+    shot(&c, "editor-refused").await;
+    assert!(
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .contains("block = [\"gambling\"]")
+    );
+    c.goto(&page).await.unwrap();
+    wait_source(&c, "still blocked after the refused change", false, |s| {
+        s.contains("ref=")
+    })
+    .await;
+
+    c.close().await.ok();
+    drop(driver);
+    assert!(v.stop().success());
+}

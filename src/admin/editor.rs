@@ -87,6 +87,18 @@ fn string_array(items: &[String]) -> toml_edit::Array {
     a
 }
 
+/// Sets `key` to `value`, keeping the comment and spacing around the old value
+/// (`block = ["gambling"]   # toujours`), and leaving an equal value untouched.
+fn set_value(table: &mut dyn toml_edit::TableLike, key: &str, mut value: toml_edit::Value) {
+    if let Some(old) = table.get(key).and_then(|i| i.as_value()) {
+        if old.to_string().trim() == value.to_string().trim() {
+            return;
+        }
+        *value.decor_mut() = old.decor().clone();
+    }
+    table.insert(key, toml_edit::Item::Value(value));
+}
+
 fn parse_doc(text: &str) -> Result<toml_edit::DocumentMut, String> {
     text.parse::<toml_edit::DocumentMut>()
         .map_err(|e| format!("the current configuration is not valid TOML: {e}"))
@@ -118,31 +130,30 @@ pub fn edit_profile(text: &str, name: &str, edit: &ProfileEdit) -> Result<String
         .filter(|b| !b.is_empty())
         .collect();
     block.dedup();
-    profile.insert("block", toml_edit::value(string_array(&block)));
+    set_value(profile, "block", string_array(&block).into());
     for (key, text) in [("allow", &edit.allow), ("deny", &edit.deny)] {
         let items = lines(text);
         if items.is_empty() {
             profile.remove(key);
         } else {
-            profile.insert(key, toml_edit::value(string_array(&items)));
+            set_value(profile, key, string_array(&items).into());
         }
     }
-    for (key, v) in [
-        ("safe_search", &edit.safe_search),
-        ("block_mode", &edit.block_mode),
-        ("bare_ip", &edit.bare_ip),
+    // A setting the file does not spell out is written only when it differs from
+    // the default, so the diff shows what changed and nothing else.
+    for (key, v, default) in [
+        ("safe_search", &edit.safe_search, "off"),
+        ("block_mode", &edit.block_mode, "page"),
+        ("bare_ip", &edit.bare_ip, "block"),
     ] {
-        if !v.trim().is_empty() {
-            profile.insert(key, toml_edit::value(v.trim()));
+        let v = v.trim();
+        if !v.is_empty() && (profile.contains_key(key) || v != default) {
+            set_value(profile, key, v.into());
         }
     }
     match edit.record_allowed.trim() {
-        "true" => {
-            profile.insert("record_allowed", toml_edit::value(true));
-        }
-        "false" => {
-            profile.insert("record_allowed", toml_edit::value(false));
-        }
+        "true" => set_value(profile, "record_allowed", true.into()),
+        "false" => set_value(profile, "record_allowed", false.into()),
         _ => {
             profile.remove("record_allowed");
         }
@@ -233,7 +244,7 @@ fn verdict_text(snap: &Snapshot, target: &CheckTarget, profile: &str, at: DateTi
     let d = policy::decide(snap, &target.request(), &identity, at);
     match d.verdict {
         Verdict::Allow => "allow".into(),
-        Verdict::Block => format!("block ({})", d.category_name(snap)),
+        Verdict::Block => format!("block — {}", d.rule(snap)),
         Verdict::SafeSearch { target } => format!("safe search → {target}"),
     }
 }
@@ -1030,8 +1041,26 @@ mod tests {
         };
         let out = edit_profile(TEXT, "eleves", &edit).unwrap();
         assert!(out.starts_with("# Configuration de l'école\n"), "{out}");
-        assert!(out.contains("block = [\"gambling\", \"games\"]"), "{out}");
+        assert!(
+            out.contains("block = [\"gambling\", \"games\"]  # toujours"),
+            "{out}"
+        );
         assert!(out.contains("allow = [\"ecole.example\"]"), "{out}");
+        assert!(out.contains("safe_search = \"strict\""), "{out}");
+        // Defaults the file does not spell out stay unwritten: the diff is the change.
+        let same = edit_profile(
+            TEXT,
+            "invites",
+            &ProfileEdit {
+                block: vec!["gambling".into()],
+                block_mode: "page".into(),
+                bare_ip: "block".into(),
+                safe_search: "off".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(same, TEXT, "no change, no diff");
         let cfg = validate(&out, Path::new("/etc/vigie/vigie.toml")).unwrap();
         let p = &cfg.profiles[cfg.profile_id("eleves").unwrap() as usize];
         assert_eq!(p.block.iter().count(), 2);
