@@ -126,7 +126,9 @@ async fn serve(
     let auth = Arc::new(authenticator(&store.load(), data_dir.as_deref()));
     let auth_for_admin = auth.clone();
     let admin_url = format!("http://{admin_addr}");
+    let notices = Arc::new(crate::audit::notices::Notices::open(data_dir.as_deref()));
     let portal = Arc::new(crate::identity::portal::Portal {
+        notices: notices.clone(),
         store: store.clone(),
         identities: identities.clone(),
         auth: auth.clone(),
@@ -163,6 +165,7 @@ async fn serve(
         audit: audit.clone(),
         data_dir: data_dir.clone(),
         config_path: opts.config.clone(),
+        notices,
         shutdown: cancel.clone(),
     })
     .context("cannot start the admin web app")?;

@@ -225,3 +225,109 @@ fn it_admin_edits_previews_applies_and_restores() {
     assert!(has(&evs, |x| x["verdict"] == "config_apply"
         && x["rule"].as_str().unwrap_or("").contains(SITE)));
 }
+
+/// `[admin] notify_subject`: a justified read of a person's history is shown to that
+/// person, once, the next time they look at the captive portal.
+#[test]
+fn history_read_is_told_to_the_person_at_the_portal() {
+    let dir = tempfile::tempdir().unwrap();
+    let lists = Path::new(env!("CARGO_MANIFEST_DIR")).join("blocklists");
+    let cfg = dir.path().join("vigie.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+default_profile = "eleves"
+client_networks = ["127.0.0.0/8"]
+lists_dir = "{lists}"
+
+[dns]
+rate_limit_qps = 0
+log_allowed = true
+
+[proxy]
+users_file = "{users}"
+
+[portal]
+networks = ["127.0.0.5/32"]
+
+[admin]
+notify_subject = true
+
+[[admin.roles]]
+user = "verif"
+role = "auditor"
+
+[profiles.eleves]
+"#,
+            lists = lists.display(),
+            users = dir.path().join("users").display(),
+        ),
+    )
+    .unwrap();
+    add_user(&cfg, "eleve1", PASSWORD);
+    add_user(&cfg, "verif", PASSWORD);
+    let up = Upstream::start("");
+    let v = Vigie::start(&cfg, &[up.addr], dir.path());
+    let jar = dir.path().join("jar-eleve1");
+    let login = common::portal_login(&v, "127.0.0.5", &jar, "eleve1", PASSWORD, "");
+    assert_eq!(login.status, 303, "{}", login.body);
+    common::udp_from(
+        "127.0.0.5".parse().unwrap(),
+        v.dns,
+        "manuel.example.",
+        hickory_proto::rr::RecordType::A,
+    );
+    wait_for(
+        &cfg,
+        dir.path(),
+        Some("eleve1"),
+        "the student's query",
+        |e| has(e, |x| x["service"] == "dns"),
+    );
+
+    let auditor = Browser::new(dir.path(), &v, "verif", STAFF);
+    assert_eq!(auditor.login("verif", PASSWORD).status, 303);
+    let form = auditor.get("/admin/history");
+    assert_eq!(form.status, 200);
+    let token = hidden_field(&form.body, "csrf");
+    // Days in the config's time zone (America/Toronto by default), with a day of
+    // margin each side.
+    let local = chrono::Utc::now().with_timezone(&chrono_tz::America::Toronto);
+    let day = |d: i64| {
+        (local + chrono::Duration::days(d))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let (from, to) = (day(-1), day(1));
+    let read = auditor.post(
+        "/admin/history/view",
+        &[
+            ("csrf", &token),
+            ("user", "eleve1"),
+            ("from", &from),
+            ("to", &to),
+            (
+                "justification",
+                "Plainte 2026-114 du conseil d'établissement",
+            ),
+        ],
+    );
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert!(read.body.contains("manuel.example"));
+
+    // The student sees it at the portal, once.
+    let portal = format!("http://{}/portal", v.admin);
+    let jar = jar.to_str().unwrap();
+    let seen = curl("127.0.0.5", &["-c", jar, "-b", jar, &portal]);
+    assert_eq!(seen.status, 200);
+    assert!(
+        seen.body.contains("Consultation de votre historique")
+            && seen.body.contains("verif")
+            && seen.body.contains("Plainte 2026-114"),
+        "{}",
+        seen.body
+    );
+    let again = curl("127.0.0.5", &["-c", jar, "-b", jar, &portal]);
+    assert!(!again.body.contains("Consultation de votre historique"));
+}

@@ -303,6 +303,21 @@ fn refusal(s: &Session, e: &AdminError) -> Response {
     }
 }
 
+/// Leaves the person a notice of this read, where the policy says they are told.
+fn notify(admin: &Admin, s: &Session, read: &Read) {
+    if admin.store.load().config.admin.notify_subject {
+        admin.notices.add(crate::audit::notices::Notice {
+            subject: read.subject.clone(),
+            time: chrono::Utc::now(),
+            accessed_by: s.user.clone(),
+            justification: read.justification.clone(),
+            from: read.period.from,
+            to: read.period.to,
+            seen: false,
+        });
+    }
+}
+
 async fn view(
     State(admin): State<Arc<Admin>>,
     s: Session,
@@ -322,6 +337,7 @@ async fn view(
         Ok(e) => e,
         Err(e) => return refusal(&s, &e),
     };
+    notify(&admin, &s, &read);
     let tz = admin.store.load().config.timezone;
     admin.record(
         Some(&s.user),
@@ -426,6 +442,7 @@ async fn export(
         Ok(e) => e,
         Err(e) => return refusal(&s, &e),
     };
+    notify(&admin, &s, &read);
     admin.record(
         Some(&s.user),
         s.ip,

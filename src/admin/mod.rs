@@ -75,6 +75,8 @@ pub struct Setup {
     /// The configuration file (`--config`), which IT staff edit; `None`: the
     /// embedded default, read only.
     pub config_path: Option<PathBuf>,
+    /// Notices for people whose history is read (`[admin] notify_subject`).
+    pub notices: Arc<crate::audit::notices::Notices>,
     /// Fires at shutdown: long-lived responses (the live view) end on it.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -95,6 +97,7 @@ pub struct Admin {
     pub pseudo: Option<Arc<Pseudonymizer>>,
     pub data_dir: Option<PathBuf>,
     pub config_path: Option<PathBuf>,
+    pub notices: Arc<crate::audit::notices::Notices>,
     /// The listeners, by name (the health page), set once they are bound.
     pub services: std::sync::OnceLock<Vec<(String, String)>>,
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -145,6 +148,7 @@ impl Admin {
             pseudo,
             data_dir: setup.data_dir,
             config_path: setup.config_path,
+            notices: setup.notices,
             services: std::sync::OnceLock::new(),
             shutdown: setup.shutdown,
         });

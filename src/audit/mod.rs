@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
 
+pub mod notices;
 pub mod postgres;
 pub mod store;
 

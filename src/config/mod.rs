@@ -212,6 +212,8 @@ pub struct AdminConfig {
     /// Certificate chain and key files (absolute); `None`: self-signed.
     pub tls_cert: Option<(PathBuf, PathBuf)>,
     pub history_second_approver: bool,
+    /// The person whose history is read is told at the portal.
+    pub notify_subject: bool,
 }
 
 impl Default for AdminConfig {
@@ -225,6 +227,7 @@ impl Default for AdminConfig {
             tls_listen: None,
             tls_cert: None,
             history_second_approver: false,
+            notify_subject: false,
         }
     }
 }
@@ -920,6 +923,7 @@ impl Validator<'_> {
             tls_listen,
             tls_cert,
             history_second_approver: raw.history_second_approver,
+            notify_subject: raw.notify_subject,
         }
     }
 

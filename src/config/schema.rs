@@ -634,6 +634,10 @@ pub struct RawAdmin {
     /// Opening one person's history needs a second auditor or IT admin to approve.
     #[serde(default)]
     pub history_second_approver: bool,
+    /// Tell people when their history is read: the portal shows them who read it,
+    /// when and why (where the school's policy requires it).
+    #[serde(default)]
+    pub notify_subject: bool,
 }
 
 fn default_session_minutes() -> Spanned<u64> {
@@ -650,6 +654,7 @@ impl Default for RawAdmin {
             tls_cert_file: None,
             tls_key_file: None,
             history_second_approver: false,
+            notify_subject: false,
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct Portal {
     /// Where clients reach the portal when `[portal] url` is not set
     /// (`http://<admin address>/portal`).
     pub default_url: String,
+    /// Reads of a person's history they are to be told of.
+    pub notices: Arc<crate::audit::notices::Notices>,
 }
 
 impl Portal {
@@ -235,7 +237,13 @@ fn login_page(v: &FormView<'_>) -> Markup {
     )
 }
 
-fn status_page(lang: Lang, token: &str, user: &str, ends: &str) -> Markup {
+fn status_page(
+    lang: Lang,
+    token: &str,
+    user: &str,
+    ends: &str,
+    notices: &[(String, crate::audit::notices::Notice)],
+) -> Markup {
     let title = tr(lang, "Vous êtes connecté", "You are signed in");
     page(
         lang,
@@ -245,6 +253,18 @@ fn status_page(lang: Lang, token: &str, user: &str, ends: &str) -> Markup {
                 h1 { (title) }
                 p { (tr(lang, "Code d'accès : ", "Access code: ")) strong { (user) } }
                 p { (tr(lang, "Fin de la session si inactive : ", "Session ends if idle at: ")) (ends) }
+                @for (when, n) in notices {
+                    section.notice role="status" {
+                        h2 { (tr(lang, "Consultation de votre historique", "Your history was read")) }
+                        p {
+                            (tr(lang, "Le ", "On ")) (when) ", " strong { (n.accessed_by) }
+                            (tr(lang, " a consulté votre historique de navigation pour la période du ",
+                                " read your browsing history for the period from "))
+                            (n.from.format("%Y-%m-%d")) (tr(lang, " au ", " to ")) (n.to.format("%Y-%m-%d")) "."
+                        }
+                        p { (tr(lang, "Motif : ", "Reason: ")) (n.justification) }
+                    }
+                }
                 form method="post" action="/portal/logout" {
                     input type="hidden" name="csrf" value=(token);
                     input type="hidden" name="lang" value=(match lang { Lang::Fr => "fr", Lang::En => "en" });
@@ -299,16 +319,27 @@ async fn show(
     let (token, fresh) = token_for(&headers);
     let now = Utc::now();
     if let Some(b) = p.identities.get(ip, now) {
-        let ends = b
-            .ends()
-            .with_timezone(&p.store.load().config.timezone)
-            .format("%H:%M")
-            .to_string();
+        let tz = p.store.load().config.timezone;
+        let ends = b.ends().with_timezone(&tz).format("%H:%M").to_string();
+        let notices: Vec<_> = p
+            .notices
+            .take_unseen(&b.user)
+            .into_iter()
+            .map(|n| {
+                (
+                    n.time
+                        .with_timezone(&tz)
+                        .format("%Y-%m-%d %H:%M")
+                        .to_string(),
+                    n,
+                )
+            })
+            .collect();
         return with_token(
             StatusCode::OK,
             &token,
             fresh,
-            status_page(lang, &token, &b.user, &ends),
+            status_page(lang, &token, &b.user, &ends, &notices),
         );
     }
     let url = safe_return(q.url.as_deref());
