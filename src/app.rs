@@ -225,6 +225,13 @@ async fn serve(
                 _ = every.tick() => {
                     h.maintain();
                     end_sessions(&ids, &upkeep_store.load(), &upkeep_audit);
+                    if !ids.is_empty() {
+                        let neighbours = tokio::task::spawn_blocking(crate::identity::neigh::read)
+                            .await
+                            .unwrap_or_default();
+                        let moved = ids.end_moved(&neighbours);
+                        record_ended(&upkeep_store.load(), &upkeep_audit, moved, "the address went to another device (lease change)");
+                    }
                     admin_app.upkeep().await;
                 }
             }
@@ -300,7 +307,18 @@ fn end_sessions(
     snap: &Snapshot,
     audit: &crate::audit::AuditSink,
 ) {
-    for (ip, b) in ids.purge_expired(chrono::Utc::now()) {
+    let ended = ids.purge_expired(chrono::Utc::now());
+    record_ended(snap, audit, ended, "idle timeout or end of session");
+}
+
+/// Audits logins that ended without a logout (`session_end`, with why).
+fn record_ended(
+    snap: &Snapshot,
+    audit: &crate::audit::AuditSink,
+    ended: Vec<(std::net::IpAddr, Arc<crate::identity::Binding>)>,
+    why: &str,
+) {
+    for (ip, b) in ended {
         let mut ev = crate::identity::login_event(
             snap,
             match b.source {
@@ -314,7 +332,7 @@ fn end_sessions(
             Instant::now(),
         );
         ev.verdict = "session_end";
-        ev.rule = "idle timeout or end of session".into();
+        ev.rule = why.into();
         audit.record(ev);
     }
 }

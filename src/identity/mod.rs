@@ -5,6 +5,7 @@
 
 pub mod ldap;
 pub mod limiter;
+pub mod neigh;
 pub mod portal;
 pub mod users;
 
@@ -193,6 +194,9 @@ pub struct Binding {
     pub idle: Option<Duration>,
     /// Last request seen from the address, ms since the epoch.
     last_seen_ms: AtomicI64,
+    /// The device (link-layer address) the login came from, when the gateway's
+    /// neighbour table knew it: another device on the address ends the login.
+    pub device: Option<String>,
 }
 
 impl Binding {
@@ -214,7 +218,14 @@ impl Binding {
             expires: later(now, max),
             idle,
             last_seen_ms: AtomicI64::new(now.timestamp_millis()),
+            device: None,
         }
+    }
+
+    /// The same binding, remembering the device behind `ip` now (if known).
+    pub fn on_device_of(mut self, ip: IpAddr, neighbours: &neigh::Neighbours) -> Self {
+        self.device = neighbours.get(&crate::snapshot::canonical_ip(ip)).cloned();
+        self
     }
 
     /// Whether the login still holds at `now`.
@@ -327,6 +338,26 @@ impl IdentityTable {
         expired
     }
 
+    /// Ends the logins whose address another device now holds (a DHCP lease that
+    /// changed hands), per the gateway's `neighbours`; returns them, for the record.
+    /// An address the table does not list is left alone (entries age out while a
+    /// device sleeps).
+    pub fn end_moved(&self, neighbours: &neigh::Neighbours) -> Vec<(IpAddr, Arc<Binding>)> {
+        let moved: Vec<(IpAddr, Arc<Binding>)> = self
+            .bindings
+            .load()
+            .iter()
+            .filter(|(ip, b)| {
+                matches!((&b.device, neighbours.get(ip)), (Some(was), Some(now)) if was != now)
+            })
+            .map(|(ip, b)| (*ip, b.clone()))
+            .collect();
+        for (ip, _) in &moved {
+            self.unbind(*ip);
+        }
+        moved
+    }
+
     pub fn len(&self) -> usize {
         self.bindings.load().len()
     }
@@ -426,6 +457,41 @@ profile = "personnel"
         assert_eq!(t.resolve(&s, ip("10.1.2.3"), later).user, None);
         assert_eq!(t.purge_expired(later).len(), 1);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_lease_given_to_another_device_ends_the_login() {
+        let s = snapshot();
+        let t = IdentityTable::new();
+        let now = Utc::now();
+        let ip: IpAddr = "10.1.2.5".parse().unwrap();
+        let other: IpAddr = "10.1.2.6".parse().unwrap();
+        let table: neigh::Neighbours = [
+            (ip, "02:00:00:00:00:01".to_string()),
+            (other, "02:00:00:00:00:09".to_string()),
+        ]
+        .into();
+        t.bind(
+            ip,
+            binding("eleve1", "eleves", now, 30).on_device_of(ip, &table),
+        );
+        // Unknown device at login: never ended by the table.
+        t.bind(other, binding("eleve2", "eleves", now, 30));
+        assert!(t.end_moved(&table).is_empty(), "same devices: nothing ends");
+        assert!(
+            t.end_moved(&neigh::Neighbours::new()).is_empty(),
+            "aged-out entries: nothing ends"
+        );
+        let moved: neigh::Neighbours = [
+            (ip, "02:00:00:00:00:02".to_string()),
+            (other, "02:00:00:00:00:03".to_string()),
+        ]
+        .into();
+        let ended = t.end_moved(&moved);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(&*ended[0].1.user, "eleve1");
+        assert_eq!(t.resolve(&s, ip, now).user, None);
+        assert_eq!(t.resolve(&s, other, now).user.as_deref(), Some("eleve2"));
     }
 
     #[test]

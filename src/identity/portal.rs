@@ -400,7 +400,10 @@ async fn login(
                 snap.config.portal.max_session,
                 Some(snap.config.portal.idle_timeout),
             );
-            p.identities.bind(ip, binding);
+            let neighbours = tokio::task::spawn_blocking(super::neigh::read)
+                .await
+                .unwrap_or_default();
+            p.identities.bind(ip, binding.on_device_of(ip, &neighbours));
             let id = p.identities.resolve(&snap, ip, now);
             p.audit.record(super::login_event(
                 &snap,

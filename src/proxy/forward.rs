@@ -673,6 +673,9 @@ async fn identify(
                 .get(ip, now)
                 .is_some_and(|b| b.user == v.user && b.source == IdentitySource::ProxyAuth);
             if !known {
+                let neighbours = tokio::task::spawn_blocking(crate::identity::neigh::read)
+                    .await
+                    .unwrap_or_default();
                 p.identities.bind(
                     ip,
                     Binding::new(
@@ -683,7 +686,8 @@ async fn identify(
                         now,
                         portal.max_session,
                         Some(portal.idle_timeout),
-                    ),
+                    )
+                    .on_device_of(ip, &neighbours),
                 );
             }
             // This request is the credential's person, whatever the table holds
