@@ -237,6 +237,7 @@ jsonl = true
 transparent_http_listen = "0.0.0.0:3129"
 transparent_tls_listen = "0.0.0.0:3130"
 client_hello_timeout_ms = 1500
+users_file = "{users}"
 
 [[categories]]
 id = "gambling"
@@ -252,16 +253,19 @@ path = "ut1/gambling"
 block = ["gambling"]
 bare_ip = "block"
 "#,
-            lists = lists.display()
+            lists = lists.display(),
+            users = dir.path().join("users").display(),
         ),
     )
     .unwrap();
+    common::add_user(&cfg, "eleve1", "mot de passe");
     let v = Vigie::start_wrapped(
         &["ip", "netns", "exec", &g],
         &cfg,
         &["127.0.0.1:9".parse().unwrap()],
         dir.path(),
-        &[],
+        // The explicit proxy on the LAN side too, for the lease-change check.
+        &["--proxy-listen", "10.231.0.1:3128"],
     );
     assert!(
         v.extra
@@ -368,6 +372,46 @@ bare_ip = "block"
     );
     assert_eq!(ev["verdict"], "block");
     assert_eq!(ev["refused"], "not_tls");
+
+    // A proxy login remembers the client's device; when the address goes to
+    // another device (a new MAC, as after a DHCP lease changes hands), the login
+    // ends and the end is audited.
+    let (code, _) = lab.curl(&[
+        "-x",
+        "http://10.231.0.1:3128",
+        "-U",
+        "eleve1:mot de passe",
+        &format!("http://{ORIGIN}/hello.txt"),
+    ]);
+    assert_eq!(code, 0);
+    audit_line(dir.path(), &["\"verdict\":\"login\"", "eleve1"]);
+    lab.exec(&c, &["ip", "link", "set", &vc, "down"]);
+    lab.exec(
+        &c,
+        &["ip", "link", "set", &vc, "address", "02:00:00:00:99:99"],
+    );
+    lab.exec(&c, &["ip", "link", "set", &vc, "up"]);
+    lab.exec(&c, &["ip", "neigh", "flush", "all"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ended = loop {
+        // Traffic from the new device teaches the gateway its address.
+        let _ = lab.curl(&["--max-time", "2", "http://10.231.0.1:3128/"]);
+        let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap_or_default();
+        if let Some(l) = text
+            .lines()
+            .find(|l| l.contains("\"session_end\"") && l.contains("another device"))
+        {
+            break l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the login did not end after the lease change:\n{text}\ngateway's neighbours:\n{}\n{}",
+            String::from_utf8_lossy(&lab.exec(&g, &["cat", "/proc/net/arp"]).stdout),
+            v.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(ended.contains("eleve1"), "{ended}");
 
     drop(v);
     drop(lab);

@@ -284,18 +284,14 @@ impl Vigie {
             }
             None => Command::new(env!("CARGO_BIN_EXE_vigie")),
         };
-        cmd.arg("--config")
-            .arg(config)
-            .arg("run")
-            .args([
-                "--dns-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--proxy-listen",
-                "127.0.0.1:0",
-            ])
-            .args(extra_args)
+        cmd.arg("--config").arg(config).arg("run");
+        // Free loopback ports, unless the caller chose the address.
+        for flag in ["--dns-listen", "--admin-listen", "--proxy-listen"] {
+            if !extra_args.contains(&flag) {
+                cmd.args([flag, "127.0.0.1:0"]);
+            }
+        }
+        cmd.args(extra_args)
             .arg("--data-dir")
             .arg(data_dir)
             .env("VIGIE_LOG", "info,vigie=debug")
