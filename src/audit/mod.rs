@@ -374,7 +374,10 @@ impl Writer {
     /// Deletes events past retention, on a blocking thread, between batches (so
     /// SQLite never sees two writers).
     async fn purge(&mut self) {
-        let (Some(mut store), Some(keep)) = (self.store.take(), self.retention) else {
+        // (Retention first: taking the store and then finding no retention would
+        // drop the store.)
+        let Some(keep) = self.retention else { return };
+        let Some(mut store) = self.store.take() else {
             return;
         };
         let before = Utc::now() - keep;
@@ -535,6 +538,93 @@ mod tests {
         assert_eq!(v["verdict"], "block");
         assert_eq!(v["category"], "gambling");
         assert_eq!(v["client_ip"], "10.0.0.1");
+    }
+
+    /// A store that refuses every write, as a full disk or a read-only file does.
+    struct BrokenStore;
+
+    impl store::Store for BrokenStore {
+        fn insert_batch(&mut self, _: &[AuditEvent]) -> Result<(), store::StoreError> {
+            Err(store::StoreError::Sqlite {
+                path: "/var/lib/vigie/audit.db".into(),
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(13), // SQLITE_FULL
+                    Some("database or disk is full".into()),
+                ),
+            })
+        }
+        fn purge(&mut self, _: DateTime<Utc>) -> Result<usize, store::StoreError> {
+            Ok(0)
+        }
+        fn blocks_matching(
+            &mut self,
+            _: store::Dimension,
+            _: store::Period,
+            _: usize,
+            _: &store::BlockFilter,
+        ) -> Result<Vec<(String, u64)>, store::StoreError> {
+            Ok(vec![])
+        }
+        fn user_history(
+            &mut self,
+            _: &store::HistoryAccess<'_>,
+            _: Option<&str>,
+            _: store::Period,
+            _: Option<i64>,
+            _: usize,
+        ) -> Result<Vec<store::StoredEvent>, store::StoreError> {
+            Ok(vec![])
+        }
+        fn history_accesses(
+            &mut self,
+            _: usize,
+        ) -> Result<Vec<store::HistoryAccessRecord>, store::StoreError> {
+            Ok(vec![])
+        }
+        fn by_reference(
+            &mut self,
+            _: &str,
+        ) -> Result<Option<store::StoredEvent>, store::StoreError> {
+            Ok(None)
+        }
+        fn count(&mut self) -> Result<u64, store::StoreError> {
+            Ok(0)
+        }
+    }
+
+    /// A full disk or read-only store: every event is counted as a write error and
+    /// spilled to the log (never lost silently), and the writer keeps taking events
+    /// (the services never wait on it).
+    #[tokio::test]
+    async fn a_store_that_cannot_write_is_counted_and_the_writer_carries_on() {
+        let (sink, mut writer) = open(None).await.unwrap();
+        writer.store = Some(Box::new(BrokenStore));
+        writer.out = Output::Nothing;
+        let before = metrics::AUDIT_WRITE_ERRORS_TOTAL.get();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(writer.run(cancel.clone()));
+        for i in 0..50 {
+            sink.record(event(i));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Still accepting after the failures.
+        for i in 50..60 {
+            sink.record(event(i));
+        }
+        cancel.cancel();
+        task.await.unwrap();
+        let counted = metrics::AUDIT_WRITE_ERRORS_TOTAL.get() - before;
+        assert!(counted >= 60, "{counted} write errors counted");
+    }
+
+    /// A store that cannot be opened says where and why.
+    #[test]
+    fn an_unwritable_store_path_is_a_clear_error() {
+        let e = store::SqliteStore::open(Path::new("/proc/vigie-no-such-dir/audit.db"))
+            .err()
+            .expect("cannot open under /proc")
+            .to_string();
+        assert!(e.contains("/proc/vigie-no-such-dir/audit.db"), "{e}");
     }
 }
 
