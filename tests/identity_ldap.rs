@@ -16,6 +16,8 @@ struct Slapd {
     child: Child,
     dir: tempfile::TempDir,
     port: u16,
+    /// With TLS: the ldaps:// port (the plain port then offers StartTLS).
+    tls_port: Option<u16>,
 }
 
 impl Drop for Slapd {
@@ -34,15 +36,92 @@ fn free_port() -> u16 {
 }
 
 fn start_slapd() -> Slapd {
+    start_slapd_with(false)
+}
+
+/// A test CA and a certificate for `localhost` signed by it (openssl).
+fn make_certs(dir: &Path) {
+    let sh = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Test CA CSMB",
+    ]);
+    sh(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    sh(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+}
+
+fn start_slapd_with(tls: bool) -> Slapd {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     std::fs::create_dir(dir.path().join("db")).unwrap();
+    let tls_conf = if tls {
+        make_certs(dir.path());
+        format!(
+            "TLSCACertificateFile {d}/ca.pem\nTLSCertificateFile {d}/srv.pem\nTLSCertificateKeyFile {d}/srv.key\n"
+        )
+    } else {
+        String::new()
+    };
     let conf = format!(
         "include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
 include /etc/ldap/schema/nis.schema
-pidfile {d}/slapd.pid
+{tls_conf}pidfile {d}/slapd.pid
 modulepath /usr/lib/ldap
 moduleload back_mdb
 database mdb
@@ -86,10 +165,15 @@ access to * by * read
         String::from_utf8_lossy(&out.stderr)
     );
     let port = free_port();
+    let tls_port = tls.then(free_port);
+    let urls = match tls_port {
+        Some(t) => format!("ldap://127.0.0.1:{port}/ ldaps://127.0.0.1:{t}/"),
+        None => format!("ldap://127.0.0.1:{port}/"),
+    };
     let child = Command::new("/usr/sbin/slapd")
         .arg("-f")
         .arg(dir.path().join("slapd.conf"))
-        .args(["-h", &format!("ldap://127.0.0.1:{port}/"), "-d", "0"])
+        .args(["-h", &urls, "-d", "0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -99,7 +183,18 @@ access to * by * read
         assert!(Instant::now() < deadline, "slapd did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    Slapd { child, dir, port }
+    if let Some(p) = tls_port {
+        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            assert!(Instant::now() < deadline, "slapd (ldaps) did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Slapd {
+        child,
+        dir,
+        port,
+        tls_port,
+    }
 }
 
 fn settings(slapd: &Slapd, extra: &str) -> config::LdapSettings {
@@ -312,4 +407,50 @@ bare_ip = "allow"
         && x["rule"] == "checked by ldap"));
     assert!(common::has(&evs, |x| x["verdict"] == "login_failed"
         && x["user"] == "mtremblay"));
+}
+
+/// ldaps:// and StartTLS against slapd with a certificate of the school's own CA:
+/// trusted through `ca_file`, refused without it (the system roots do not know it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldaps_and_starttls_with_the_school_ca() {
+    let slapd = start_slapd_with(true);
+    let ca = slapd.dir.path().join("ca.pem");
+    let settings_for = |url: String, extra: &str| {
+        let text = format!(
+            "[profiles.eleves]\n[profiles.personnel]\n[profiles.invites]\n\n[ldap]\nurl = \"{url}\"\n\
+             user_dn = \"uid={{user}},ou=people,{SUFFIX}\"\ngroup_base = \"ou=Groupes,{SUFFIX}\"\n{extra}\n\
+             [[ldap.groups]]\ndn = \"cn=Personnel,ou=Groupes,{SUFFIX}\"\nprofile = \"personnel\"\n"
+        );
+        config::parse(&text, "ldap.toml", slapd.dir.path())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .ldap
+            .expect("ldap settings")
+    };
+    let tls_port = slapd.tls_port.unwrap();
+    let with_ca = format!("ca_file = \"{}\"", ca.display());
+    for (url, extra) in [
+        (format!("ldaps://localhost:{tls_port}"), with_ca.clone()),
+        (
+            format!("ldap://localhost:{}", slapd.port),
+            format!("starttls = true\n{with_ca}"),
+        ),
+    ] {
+        let auth = LdapAuthenticator::new(settings_for(url.clone(), &extra)).unwrap();
+        let who = auth
+            .authenticate("mtremblay", "motdepasse-prof")
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(who.profile.as_deref(), Some("personnel"), "{url}");
+        assert!(matches!(
+            auth.authenticate("mtremblay", "mauvais").await,
+            Err(LdapError::InvalidCredentials)
+        ));
+    }
+    // Without the school's CA the certificate is not trusted: an error, never a login.
+    let auth =
+        LdapAuthenticator::new(settings_for(format!("ldaps://localhost:{tls_port}"), "")).unwrap();
+    assert!(matches!(
+        auth.authenticate("mtremblay", "motdepasse-prof").await,
+        Err(LdapError::Server { .. })
+    ));
 }

@@ -276,6 +276,8 @@ pub struct LdapSettings {
     pub bind_password_file: Option<PathBuf>,
     pub group_base: Option<String>,
     pub group_filter: String,
+    /// Trusted CA certificates (PEM) for ldaps / StartTLS; `None`: system roots.
+    pub ca_file: Option<PathBuf>,
     pub timeout: std::time::Duration,
     pub cache_ttl: std::time::Duration,
     /// (lowercased group DN, profile name), first match wins.
@@ -1292,6 +1294,7 @@ impl Validator<'_> {
                 .group_filter
                 .clone()
                 .unwrap_or_else(|| "(|(member={dn})(uniqueMember={dn}))".into()),
+            ca_file: l.ca_file.as_ref().map(|f| base_dir.join(f)),
             timeout: std::time::Duration::from_millis(l.timeout_ms.unwrap_or(5000)),
             cache_ttl: std::time::Duration::from_secs(l.cache_seconds.unwrap_or(300)),
             groups,

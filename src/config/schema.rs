@@ -283,6 +283,10 @@ pub struct RawLdap {
     pub group_base: Option<String>,
     #[serde(default)]
     pub group_filter: Option<String>,
+    /// CA certificate(s) (PEM) the directory's TLS certificate must chain to, for a
+    /// school CA; relative to the config file. Absent: the system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// How long a successful login is remembered (saves a bind per request).
