@@ -331,3 +331,37 @@ role = "auditor"
     let again = curl("127.0.0.5", &["-c", jar, "-b", jar, &portal]);
     assert!(!again.body.contains("Consultation de votre historique"));
 }
+
+/// The live view: a director's open event stream receives a block the DNS filter
+/// makes after it connected (server-sent events, as the page's script reads them).
+#[test]
+fn live_view_streams_a_new_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    add_user(&cfg, "direction", PASSWORD);
+    let up = Upstream::start("");
+    let v = Vigie::start(&cfg, &[up.addr], dir.path());
+    let director = Browser::new(dir.path(), &v, "direction", STAFF);
+    assert_eq!(director.login("direction", PASSWORD).status, 303);
+    let jar = director.jar.to_str().unwrap().to_string();
+    let stream = std::process::Command::new("curl")
+        .args(["-s", "-N", "--max-time", "6", "-b", &jar])
+        .arg(format!("http://{}/admin/live/events", v.admin))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let gambling = common::ut1_gambling_domain();
+    common::udp_from(
+        STUDENT.parse().unwrap(),
+        v.dns,
+        &format!("live.{gambling}"),
+        hickory_proto::rr::RecordType::A,
+    );
+    let out = stream.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("event: block") && text.contains(&format!("live.{gambling}")),
+        "{text}"
+    );
+}
