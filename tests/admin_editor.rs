@@ -278,12 +278,21 @@ role = "auditor"
         "manuel.example.",
         hickory_proto::rr::RecordType::A,
     );
+    // More than a page of history (500 events a page).
+    for i in 0..520 {
+        common::udp_from(
+            "127.0.0.5".parse().unwrap(),
+            v.dns,
+            &format!("page{i}.example."),
+            hickory_proto::rr::RecordType::A,
+        );
+    }
     wait_for(
         &cfg,
         dir.path(),
         Some("eleve1"),
-        "the student's query",
-        |e| has(e, |x| x["service"] == "dns"),
+        "the student's queries",
+        |e| e.iter().filter(|x| x["service"] == "dns").count() >= 521,
     );
 
     let auditor = Browser::new(dir.path(), &v, "verif", STAFF);
@@ -314,7 +323,27 @@ role = "auditor"
         ],
     );
     assert_eq!(read.status, 200, "{}", read.body);
-    assert!(read.body.contains("manuel.example"));
+    // Newest first, one page; the older events on the next page, read (and recorded)
+    // with the same justification.
+    assert!(read.body.contains("page519.example") && !read.body.contains("manuel.example"));
+    assert!(read.body.contains("id=\"older\""));
+    let older = auditor.post(
+        "/admin/history/view",
+        &[
+            ("csrf", &token),
+            ("user", "eleve1"),
+            ("from", &from),
+            ("to", &to),
+            (
+                "justification",
+                "Plainte 2026-114 du conseil d'établissement",
+            ),
+            ("before", &hidden_field(&read.body, "before")),
+        ],
+    );
+    assert_eq!(older.status, 200);
+    assert!(older.body.contains("manuel.example") && !older.body.contains("page519.example"));
+    assert!(!older.body.contains("id=\"older\""), "the last page");
 
     // The student sees it at the portal, once.
     let portal = format!("http://{}/portal", v.admin);

@@ -25,6 +25,8 @@ use crate::i18n::Lang;
 
 /// Most events one view or export shows.
 const MAX_EVENTS: usize = 5_000;
+/// Events per page of the history view (each page read is recorded like the first).
+const PAGE: usize = 500;
 /// Who may read a person's history.
 const READERS: &[Role] = &[Role::Auditor, Role::ItAdmin];
 
@@ -56,6 +58,9 @@ struct HistoryForm {
     /// An approved history request (second-approver mode).
     #[serde(default)]
     request: Option<i64>,
+    /// Paging: events older than this event id (the last one of the page before).
+    #[serde(default)]
+    before: Option<i64>,
 }
 
 fn local_day(tz: Tz, d: NaiveDate) -> Option<DateTime<Utc>> {
@@ -260,6 +265,8 @@ async fn fetch(
     admin: &Arc<Admin>,
     s: &Session,
     read: &Read,
+    before: Option<i64>,
+    limit: usize,
 ) -> Result<Vec<StoredEvent>, AdminError> {
     let (by, why, subject, period) = (
         s.user.clone(),
@@ -276,8 +283,8 @@ async fn fetch(
                 },
                 Some(&subject),
                 period,
-                None,
-                MAX_EVENTS,
+                before,
+                limit,
             )
         })
         .await
@@ -333,7 +340,7 @@ async fn view(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let events = match fetch(&admin, &s, &read).await {
+    let events = match fetch(&admin, &s, &read, f.before, PAGE).await {
         Ok(e) => e,
         Err(e) => return refusal(&s, &e),
     };
@@ -396,6 +403,20 @@ async fn view(
                     td { (e.service) }
                 } } }
             } }
+            @if events.len() == PAGE {
+                @if let Some(last) = events.last() {
+                    form method="post" action="/admin/history/view" {
+                        input type="hidden" name="csrf" value=(s.csrf);
+                        @if let Some(id) = f.request { input type="hidden" name="request" value=(id); }
+                        input type="hidden" name="user" value=(read.subject);
+                        input type="hidden" name="from" value=(day(tz, read.period.from));
+                        input type="hidden" name="to" value=(day(tz, read.period.to - chrono::Duration::seconds(1)));
+                        input type="hidden" name="justification" value=(read.justification);
+                        input type="hidden" name="before" value=(last.id);
+                        button.secondary #older type="submit" { (tr(lang, "Événements plus anciens", "Older events")) }
+                    }
+                }
+            }
         },
     )
 }
@@ -438,7 +459,7 @@ async fn export(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let events = match fetch(&admin, &s, &read).await {
+    let events = match fetch(&admin, &s, &read, None, MAX_EVENTS).await {
         Ok(e) => e,
         Err(e) => return refusal(&s, &e),
     };
