@@ -158,13 +158,18 @@ async fn shot(c: &Client, name: &str) {
 }
 
 async fn browser(driver: &Driver, proxy: std::net::SocketAddr) -> Client {
+    browser_sized(driver, proxy, "1280,1100").await
+}
+
+/// A browser with a window of `size` (`"W,H"`): a phone is `"390,844"`.
+async fn browser_sized(driver: &Driver, proxy: std::net::SocketAddr, size: &str) -> Client {
     let mut caps = serde_json::Map::new();
     let args = vec![
         "--headless=new".to_string(),
         "--no-sandbox".into(),
         "--disable-gpu".into(),
         "--disable-dev-shm-usage".into(),
-        "--window-size=1280,1100".into(),
+        format!("--window-size={size}"),
         "--lang=fr-CA".into(),
         "--disable-features=HttpsUpgrades,HttpsFirstBalancedModeAutoEnable".into(),
         // Web pages go through vigie's proxy; the admin app (a loopback address)
@@ -428,6 +433,58 @@ async fn browser_it_admin_edits_a_profile_and_the_proxy_follows() {
     })
     .await;
 
+    c.close().await.ok();
+    drop(driver);
+    assert!(v.stop().success());
+}
+
+/// On a phone-sized window the director's pages fit the width (no sideways
+/// scrolling) and the navigation stays reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_director_pages_fit_a_phone() {
+    let Some(driver_path) = require_browser() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    common::add_user(&cfg, "direction", PASSWORD);
+    let up = Upstream::start("");
+    let v = Vigie::start(&cfg, &[up.addr], dir.path());
+    let gambling = common::ut1_gambling_domain();
+    common::udp_from(
+        "127.0.0.7".parse().unwrap(),
+        v.dns,
+        &gambling,
+        RecordType::A,
+    );
+    let admin = format!("http://{}", v.admin);
+    let driver = Driver::start(&driver_path);
+    let c = browser_sized(&driver, v.proxy, "390,844").await;
+    login(&c, &admin, "direction").await;
+    for (path, name) in [
+        ("/admin/", "phone-dashboard"),
+        ("/admin/reviews", "phone-reviews"),
+    ] {
+        c.goto(&format!("{admin}{path}")).await.unwrap();
+        wait_source(&c, path, false, |s| s.contains("<main")).await;
+        let fits = c
+            .execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        shot(&c, name).await;
+        assert_eq!(
+            fits,
+            serde_json::Value::Bool(true),
+            "{path} is wider than a phone"
+        );
+        assert!(
+            c.find(Locator::Css("nav a")).await.is_ok(),
+            "navigation on {path}"
+        );
+    }
     c.close().await.ok();
     drop(driver);
     assert!(v.stop().success());

@@ -205,6 +205,37 @@ fn it_admin_edits_previews_applies_and_restores() {
     assert_eq!(via_proxy(&v, &url), 200, "allowed again after the restore");
     assert_eq!(std::fs::read_to_string(&cfg).unwrap(), before);
 
+    // The network map form: previewed with its diff (not applied here).
+    let nets = ti.get("/admin/config/networks");
+    assert_eq!(nets.status, 200);
+    assert!(nets.body.contains("127.0.0.7/32 eleves"), "{}", nets.body);
+    let net_preview = ti.post(
+        "/admin/config/networks/preview",
+        &[
+            ("csrf", &token),
+            (
+                "rows",
+                "127.0.0.7/32 eleves\n127.0.0.9/32 personnel Salle du personnel",
+            ),
+        ],
+    );
+    assert_eq!(net_preview.status, 200, "{}", net_preview.body);
+    assert!(
+        net_preview
+            .body
+            .contains("+ cidr = &quot;127.0.0.9/32&quot;"),
+        "{}",
+        net_preview.body
+    );
+    let bad_net = ti.post(
+        "/admin/config/networks/preview",
+        &[("csrf", &token), ("rows", "127.0.0.9/32 personel")],
+    );
+    assert_eq!(bad_net.status, 422);
+    assert!(bad_net.body.contains("personel"), "{}", bad_net.body);
+    // The overview lists the list sources.
+    assert!(ti.get("/admin/config").body.contains("ut1/gambling"));
+
     // Check and health pages.
     let gambling = common::ut1_gambling_domain();
     let check = ti.get(&format!("/admin/check?target={gambling}&profile=eleves"));
