@@ -298,7 +298,20 @@ pub fn decide(
         }
     }
 
-    // 3: categories.
+    // 3: categories. A target listed in more entries than a lookup keeps (16) may
+    // have had its blocked category's entry left out: the category set still
+    // says so, and it still blocks (the entry is then not named).
+    if first.is_none()
+        && let Some(cat) = d.listed.intersect(blocked).iter().next()
+    {
+        d.verdict = Verdict::Block;
+        d.category = Some(cat);
+        d.reason = match rule_of(cat) {
+            Some(r) => Reason::ScheduledRule(r),
+            None => Reason::BlockedCategory,
+        };
+        return d;
+    }
     if let Some((cat, m)) = first {
         d.verdict = Verdict::Block;
         d.category = Some(cat);

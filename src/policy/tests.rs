@@ -405,3 +405,30 @@ fn split_url_forms() {
     assert_eq!(split_url("https://[2001:db8::1]:443"), ("2001:db8::1", "/"));
     assert_eq!(split_url("host.test/path"), ("host.test", "/path"));
 }
+
+/// A host listed in more entries than a lookup keeps still blocks for the one
+/// category the profile blocks, even when that entry is the one left out.
+#[test]
+fn blocked_category_beyond_the_kept_hits_still_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("default_profile = \"p\"\n");
+    for i in 0..20 {
+        std::fs::write(dir.path().join(format!("c{i}.txt")), "a.b.c.example.org\n").unwrap();
+        text.push_str(&format!(
+            "[[categories]]\nid = \"c{i}\"\nfr = \"c{i}\"\nen = \"c{i}\"\n[[lists]]\ncategory = \"c{i}\"\nformat = \"domains\"\npath = \"c{i}.txt\"\n"
+        ));
+    }
+    text.push_str("[profiles.p]\nblock = [\"c19\"]\n");
+    let cfg = config::parse(&text, "t.toml", dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let snap = Snapshot::build(cfg, None).unwrap_or_else(|e| panic!("{e}"));
+    let id = Identity::profile(0, IdentitySource::Operator);
+    for name in ["a.b.c.example.org", "x.a.b.c.example.org"] {
+        let d = decide(&snap, &Request::Dns { name, qtype: 1 }, &id, Utc::now());
+        assert_eq!(d.verdict, Verdict::Block, "{name}");
+        assert_eq!(d.category, snap.config.category_id("c19"));
+        assert_eq!(d.listed.iter().count(), 20);
+        // The trace still explains it.
+        let t = d.explain(&snap, &Request::Dns { name, qtype: 1 }, &id, Utc::now());
+        assert!(!t.is_empty());
+    }
+}
