@@ -125,6 +125,7 @@ async fn serve(
     // the admin app).
     let auth = Arc::new(authenticator(&store.load(), data_dir.as_deref()));
     let auth_for_admin = auth.clone();
+    let auth_for_upkeep = auth.clone();
     let admin_url = format!("http://{admin_addr}");
     let notices = Arc::new(crate::audit::notices::Notices::open(data_dir.as_deref()));
     let portal = Arc::new(crate::identity::portal::Portal {
@@ -217,6 +218,7 @@ async fn serve(
     let h = handler.clone();
     let c = cancel.clone();
     let (ids, upkeep_store, upkeep_audit) = (identities.clone(), store.clone(), audit.clone());
+    let upkeep_auth = auth_for_upkeep;
     tasks.spawn(async move {
         let mut every = tokio::time::interval(UPKEEP_EVERY);
         loop {
@@ -233,6 +235,7 @@ async fn serve(
                         record_ended(&upkeep_store.load(), &upkeep_audit, moved, "the address went to another device (lease change)");
                     }
                     admin_app.upkeep().await;
+                    upkeep_auth.sync_ldap(upkeep_store.load().config.ldap.as_ref(), false);
                 }
             }
         }
@@ -298,7 +301,9 @@ fn authenticator(
             .map_err(|e| tracing::error!("LDAP logins unavailable: {e}"))
             .ok()
     });
-    crate::identity::users::Authenticator::new(users_file, ldap)
+    let auth = crate::identity::users::Authenticator::new(users_file, ldap);
+    auth.sync_ldap(snap.config.ldap.as_ref(), true);
+    auth
 }
 
 /// Ends logins that expired (idle or session end) and records that they did.

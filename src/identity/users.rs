@@ -266,7 +266,10 @@ pub struct Authenticator {
     seen: Mutex<(Instant, Option<SystemTime>)>,
     verified: moka::sync::Cache<u128, Arc<Verified>>,
     limiter: LoginLimiter,
-    ldap: Option<crate::identity::ldap::LdapAuthenticator>,
+    /// The directory, swapped when a reload changes `[ldap]` (see `sync_ldap`).
+    ldap: arc_swap::ArcSwapOption<crate::identity::ldap::LdapAuthenticator>,
+    /// The `[ldap]` settings `ldap` was built from, to notice a change.
+    ldap_settings: Mutex<String>,
 }
 
 impl Authenticator {
@@ -284,7 +287,8 @@ impl Authenticator {
                 .time_to_live(VERIFIED_TTL)
                 .build(),
             limiter: LoginLimiter::new(MAX_FAILURES, FAILURE_WINDOW),
-            ldap,
+            ldap: arc_swap::ArcSwapOption::from(ldap.map(Arc::new)),
+            ldap_settings: Mutex::new(String::new()),
         };
         a.reload();
         a
@@ -300,7 +304,7 @@ impl Authenticator {
 
     /// Whether anyone can log in at all (a users file with users, or a directory).
     pub fn has_backend(&self) -> bool {
-        self.ldap.is_some() || self.user_count() > 0
+        self.ldap.load().is_some() || self.user_count() > 0
     }
 
     fn reload(&self) {
@@ -338,6 +342,32 @@ impl Authenticator {
         if stale {
             self.reload();
         }
+    }
+
+    /// Follows the configuration's `[ldap]` settings: a reload that adds, changes or
+    /// removes the directory takes effect here (the running process picks it up on
+    /// its next upkeep). `initial`: the settings the authenticator was built with.
+    pub fn sync_ldap(&self, settings: Option<&crate::config::LdapSettings>, initial: bool) {
+        let key = format!("{settings:?}");
+        let mut seen = self.ldap_settings.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen == key {
+            return;
+        }
+        *seen = key;
+        if initial {
+            return;
+        }
+        let next = settings.cloned().and_then(|s| {
+            crate::identity::ldap::LdapAuthenticator::new(s)
+                .map_err(|e| tracing::error!("LDAP logins unavailable: {e}"))
+                .ok()
+        });
+        tracing::info!(
+            enabled = next.is_some(),
+            "LDAP settings changed: directory reconnected"
+        );
+        self.ldap.store(next.map(Arc::new));
+        self.verified.invalidate_all();
     }
 
     /// Checks a `Proxy-Authorization` value sent by `client`.
@@ -396,7 +426,7 @@ impl Authenticator {
                 })
                 .ok_or(Credentials::Invalid)
             }
-            None => match &self.ldap {
+            None => match self.ldap.load_full() {
                 Some(ldap) => match ldap.authenticate(user, password).await {
                     Ok(id) => Ok(Verified {
                         user: Arc::from(user),
@@ -452,6 +482,23 @@ pub fn parse_basic(header: &[u8]) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_adding_or_removing_ldap_takes_effect() {
+        let cfg = crate::config::parse(
+            "[profiles.invites]\n[ldap]\nurl = \"ldap://127.0.0.1:389\"\nuser_dn = \"uid={user}\"\n",
+            "t.toml",
+            Path::new("/"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let auth = Authenticator::new(None, None);
+        auth.sync_ldap(None, true);
+        assert!(!auth.has_backend());
+        auth.sync_ldap(cfg.ldap.as_ref(), false);
+        assert!(auth.has_backend(), "[ldap] added by a reload");
+        auth.sync_ldap(None, false);
+        assert!(!auth.has_backend(), "[ldap] removed by a reload");
+    }
 
     #[test]
     fn basic_header_parses() {
