@@ -14,6 +14,14 @@ pub enum Lang {
 }
 
 impl Lang {
+    /// The short code of `?lang=` links and forms (`fr`, `en`).
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::Fr => "fr",
+            Lang::En => "en",
+        }
+    }
+
     /// The BCP 47 tag used in `lang=` and `Content-Language`.
     pub fn tag(self) -> &'static str {
         match self {

@@ -20,3 +20,4 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod snapshot;
+pub mod web;

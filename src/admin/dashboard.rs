@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::layout::{lang_code, tr};
+use super::layout::tr;
 use super::session::Session;
 use super::{Admin, Role, Routes};
 use crate::audit::store::{BlockFilter, Dimension, Period};
@@ -305,7 +305,7 @@ async fn dashboard(
                     }))
                 }
             }
-            p.hint { a href=(format!("/admin/live?lang={}", lang_code(lang))) { (tr(lang, "Voir les blocages en direct", "See blocks live")) } }
+            p.hint { a href=(format!("/admin/live?lang={}", lang.code())) { (tr(lang, "Voir les blocages en direct", "See blocks live")) } }
         },
     )
 }

@@ -274,7 +274,7 @@ async fn fetch(
         read.subject.clone(),
         read.period,
     );
-    admin
+    let events = admin
         .with_events(move |st| {
             st.user_history(
                 &HistoryAccess {
@@ -287,7 +287,10 @@ async fn fetch(
                 limit,
             )
         })
-        .await
+        .await?;
+    // Every recorded read is also one the person may be told of.
+    notify(admin, s, read);
+    Ok(events)
 }
 
 fn refusal(s: &Session, e: &AdminError) -> Response {
@@ -344,7 +347,6 @@ async fn view(
         Ok(e) => e,
         Err(e) => return refusal(&s, &e),
     };
-    notify(&admin, &s, &read);
     let tz = admin.store.load().config.timezone;
     admin.record(
         Some(&s.user),
@@ -463,7 +465,6 @@ async fn export(
         Ok(e) => e,
         Err(e) => return refusal(&s, &e),
     };
-    notify(&admin, &s, &read);
     admin.record(
         Some(&s.user),
         s.ip,

@@ -31,14 +31,6 @@ pub fn tr(lang: Lang, fr: &'static str, en: &'static str) -> &'static str {
     }
 }
 
-/// `fr` or `en`, as the `lang` parameters say it.
-pub fn lang_code(lang: Lang) -> &'static str {
-    match lang {
-        Lang::Fr => "fr",
-        Lang::En => "en",
-    }
-}
-
 /// One entry of the navigation: shown to the roles that may open it.
 pub struct NavItem {
     pub path: &'static str,
@@ -120,37 +112,7 @@ pub fn lang_of(headers: &HeaderMap, uri: &Uri) -> Lang {
     }
 }
 
-/// The value of cookie `name`.
-pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-/// 128 random bits, hex: session ids and CSRF tokens. Empty when the system has
-/// no randomness (then nothing matches it and forms fail closed).
-pub fn random_token() -> String {
-    let mut b = [0u8; 16];
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
-        return String::new();
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Equal tokens, compared in constant time; an empty token never matches.
-pub fn same_token(a: &str, b: &str) -> bool {
-    !a.is_empty()
-        && a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
+pub use crate::web::{cookie, random_token, same_token};
 
 /// A local path worth returning to after login or a language switch: starts with
 /// one `/`, no scheme, no control characters.

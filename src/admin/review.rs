@@ -20,7 +20,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::db::{NewReview, Review};
-use super::layout::{self, Chrome, lang_code, tr};
+use super::layout::{self, Chrome, tr};
 use super::session::{Fields, Session};
 use super::{Admin, AdminError, Role, Routes};
 use crate::i18n::Lang;
@@ -380,7 +380,7 @@ async fn create(
             Redirect::to(&format!(
                 "/review/status?ref={}&lang={}",
                 query_escape(&reference),
-                lang_code(lang)
+                lang.code()
             ))
             .into_response()
         }

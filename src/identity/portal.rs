@@ -27,6 +27,7 @@ use super::{Binding, IdentitySource, IdentityTable};
 use crate::audit::AuditSink;
 use crate::i18n::Lang;
 use crate::snapshot::{SnapshotStore, canonical_ip};
+use crate::web;
 
 const CSRF_COOKIE: &str = "vigie_portal_csrf";
 
@@ -115,37 +116,9 @@ fn is_client(p: &Portal, ip: IpAddr) -> bool {
         .any(|n| n.contains(&ip))
 }
 
-fn new_token() -> String {
-    let mut b = [0u8; 16];
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
-        // No randomness: a token nobody can match; the form then always fails.
-        return String::new();
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == CSRF_COOKIE)
-        .map(|(_, v)| v.to_string())
-}
-
 /// The form's token matches the cookie's (compared in constant time).
 fn csrf_ok(headers: &HeaderMap, form_token: &str) -> bool {
-    match cookie_token(headers) {
-        Some(c) if !c.is_empty() && c.len() == form_token.len() => {
-            c.bytes()
-                .zip(form_token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-        }
-        _ => false,
-    }
+    web::cookie(headers, CSRF_COOKIE).is_some_and(|c| web::same_token(c, form_token))
 }
 
 /// A return address worth following after login: an absolute http(s) URL only
@@ -221,7 +194,7 @@ fn login_page(v: &FormView<'_>) -> Markup {
                 @if let Some(e) = v.error { p.err role="alert" { (e) } }
                 form method="post" action="/portal/login" {
                     input type="hidden" name="csrf" value=(v.token);
-                    input type="hidden" name="lang" value=(match lang { Lang::Fr => "fr", Lang::En => "en" });
+                    input type="hidden" name="lang" value=(lang.code());
                     @if let Some(u) = v.url { input type="hidden" name="url" value=(u); }
                     label for="user" { (tr(lang, "Code d'accès", "Access code")) }
                     input #user type="text" name="user" autocomplete="username" autocapitalize="none" required autofocus;
@@ -267,7 +240,7 @@ fn status_page(
                 }
                 form method="post" action="/portal/logout" {
                     input type="hidden" name="csrf" value=(token);
-                    input type="hidden" name="lang" value=(match lang { Lang::Fr => "fr", Lang::En => "en" });
+                    input type="hidden" name="lang" value=(lang.code());
                     button type="submit" { (tr(lang, "Se déconnecter", "Sign out")) }
                 }
             }
@@ -291,9 +264,9 @@ fn with_token(status: StatusCode, token: &str, fresh: bool, body: Markup) -> Res
 }
 
 fn token_for(headers: &HeaderMap) -> (String, bool) {
-    match cookie_token(headers).filter(|t| t.len() == 32) {
-        Some(t) => (t, false),
-        None => (new_token(), true),
+    match web::cookie(headers, CSRF_COOKIE).filter(|t| t.len() == 32) {
+        Some(t) => (t.to_string(), false),
+        None => (web::random_token(), true),
     }
 }
 
@@ -414,15 +387,7 @@ async fn login(
                 super::LoginOutcome::Success { via: v.via },
                 started,
             ));
-            let to = url.unwrap_or_else(|| {
-                format!(
-                    "/portal?lang={}",
-                    match lang {
-                        Lang::Fr => "fr",
-                        Lang::En => "en",
-                    }
-                )
-            });
+            let to = url.unwrap_or_else(|| format!("/portal?lang={}", lang.code()));
             Redirect::to(&to).into_response()
         }
         other => {
@@ -468,13 +433,7 @@ async fn logout(
         return forbidden();
     }
     let lang = lang_of(&headers, f.lang.as_deref());
-    let back = format!(
-        "/portal?lang={}",
-        match lang {
-            Lang::Fr => "fr",
-            Lang::En => "en",
-        }
-    );
+    let back = format!("/portal?lang={}", lang.code());
     if !csrf_ok(&headers, &f.csrf) {
         return Redirect::to(&back).into_response();
     }
@@ -552,6 +511,6 @@ mod tests {
         assert!(csrf_ok(&h, "abcd"));
         assert!(!csrf_ok(&h, "abce"));
         assert!(!csrf_ok(&h, ""));
-        assert_eq!(new_token().len(), 32);
+        assert_eq!(web::random_token().len(), 32);
     }
 }

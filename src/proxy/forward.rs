@@ -574,17 +574,7 @@ fn portal_redirect(
     let location = if back.is_empty() {
         portal_url.to_string()
     } else {
-        let q: String = back
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        format!("{portal_url}?url={q}")
+        format!("{portal_url}?url={}", pages::query_escape(&back))
     };
     log.refused("portal");
     log.status(302);
