@@ -327,6 +327,16 @@ id = "gambling"
 fr = "Jeux d'argent"
 en = "Gambling"
 
+[[categories]]
+id = "p2p"
+fr = "Poste-à-poste"
+en = "Peer-to-peer"
+
+[[categories]]
+id = "vpn"
+fr = "RPV"
+en = "VPN"
+
 [[lists]]
 category = "gambling"
 format = "ut1"
@@ -335,13 +345,14 @@ path = "ut1/gambling"
 [profiles.eleves]
 fr = "Élèves"
 en = "Students"
-block = ["gambling"]
+block = ["gambling", "p2p", "vpn"]
 bare_ip = "block"
 
+# Staff may reach an SSH server on port 443; P2P stays blocked.
 [profiles.personnel]
 fr = "Personnel"
 en = "Staff"
-block = ["gambling"]
+block = ["gambling", "p2p"]
 bare_ip = "allow"
 
 [[networks]]
@@ -358,6 +369,18 @@ profile = "personnel"
     let path = dir.join("vigie.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Waits (bounded, 5 s) for `cond`.
+async fn wait_until(cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met in 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn start_vigie(dir: &Path, allow_loopback: bool, tls_port: u16) -> Vigie {
@@ -931,18 +954,24 @@ fn proxy_connect_refuses_non_tls_bare_ip_and_other_ports() {
         let mut bt = vec![19u8];
         bt.extend_from_slice(b"BitTorrent protocol");
         bt.extend_from_slice(&[0u8; 48]);
-        let cases: Vec<(&str, Vec<u8>)> = vec![
-            ("ssh", b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n".to_vec()),
-            ("bittorrent", bt),
+        let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+            ("ssh", "vpn", b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n".to_vec()),
+            ("bittorrent", "p2p", bt.clone()),
             (
                 "openvpn",
+                "vpn",
                 vec![
                     0x00, 0x0e, 0x38, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 0, 0, 0, 0, 0, 0, 0,
                 ],
             ),
-            ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+            ("http", "vpn", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+            (
+                "gnutella",
+                "p2p",
+                b"GNUTELLA CONNECT/0.6\r\nUser-Agent: gtk-gnutella/1.2\r\n\r\n".to_vec(),
+            ),
         ];
-        for (proto, bytes) in cases {
+        for (proto, category, bytes) in cases {
             let before = tls.accepted.load(Ordering::SeqCst);
             let (status, _, mut s) =
                 connect_via(v.proxy, "127.0.0.1", &format!("localhost:{port}"), "").await;
@@ -962,11 +991,37 @@ fn proxy_connect_refuses_non_tls_bare_ip_and_other_ports() {
             let ev = audit_line(dir.path(), &[&format!("\"protocol\":\"{proto}\"")]);
             assert_eq!(ev["verdict"], "block");
             assert_eq!(ev["refused"], "not_tls");
-            assert!(
-                ev["rule"].as_str().unwrap().contains("circumvention"),
+            assert_eq!(ev["category"], category, "{ev}");
+            assert_eq!(
+                ev["rule"].as_str().unwrap(),
+                format!("eleves: block {category}"),
                 "{ev}"
             );
         }
+        // Staff's profile does not block `vpn`: their SSH on 443 goes through, but
+        // BitTorrent (p2p) does not.
+        let before = tls.accepted.load(Ordering::SeqCst);
+        let (status, _, mut s) =
+            connect_via(v.proxy, PERSONNEL, &format!("localhost:{port}"), "").await;
+        assert_eq!(status, 200);
+        s.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n").await.unwrap();
+        wait_until(|| tls.accepted.load(Ordering::SeqCst) > before).await;
+        drop(s);
+        let (status, _, mut s) =
+            connect_via(v.proxy, PERSONNEL, &format!("localhost:{port}"), "").await;
+        assert_eq!(status, 200);
+        s.write_all(&bt).await.unwrap();
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed promptly")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        let ev = audit_line(
+            dir.path(),
+            &["\"protocol\":\"bittorrent\"", "\"profile\":\"personnel\""],
+        );
+        assert_eq!(ev["rule"], "personnel: block p2p");
         // A client that sends nothing (server-speaks-first protocols) is cut off.
         let (status, _, mut s) =
             connect_via(v.proxy, "127.0.0.1", &format!("localhost:{port}"), "").await;
@@ -1010,6 +1065,84 @@ fn proxy_connect_refuses_non_tls_bare_ip_and_other_ports() {
     );
     assert!(
         m.contains("vigie_proxy_refused_total{reason=\"port\"} 1"),
+        "{m}"
+    );
+}
+
+#[test]
+fn proxy_blocks_tracker_announces_and_names_resolving_to_listed_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start();
+    let tls = TlsOrigin::start();
+    // A Tor relay list holding the address `localhost` resolves to, and a staff
+    // profile that blocks Tor but allows bare IPs.
+    std::fs::write(dir.path().join("tor.txt"), "127.0.0.1/32 # test relay\n").unwrap();
+    let cfg = write_proxy_config(dir.path(), true, tls.addr.port(), "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "block = [\"gambling\", \"p2p\"]",
+        "block = [\"gambling\", \"p2p\", \"tor\"]",
+    );
+    let text = format!(
+        "{text}\n[[categories]]\nid = \"tor\"\nfr = \"Tor\"\nen = \"Tor\"\n\n[[lists]]\ncategory = \"tor\"\nformat = \"cidr\"\npath = \"{}\"\n",
+        dir.path().join("tor.txt").display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let v = Vigie::start(&cfg, &["127.0.0.1:9".parse().unwrap()], dir.path());
+
+    // A tracker announce, whatever the tracker's name: blocked as P2P before the
+    // origin is dialled; an ordinary request with a similar query is not.
+    let before = origin.accepted.load(Ordering::SeqCst);
+    let announce = format!(
+        "http://localhost:{}/announce?info_hash=%124Vx%9A%BC%DE%F1%23Eg%89%AB%CD%EF%124Vx%9A&peer_id=-AR1370-abcdefghijkl&port=6881&left=0",
+        origin.port()
+    );
+    let r = curl(v.proxy, &[&announce]);
+    assert_eq!(r.status, 403, "{}", r.headers);
+    assert_eq!(
+        r.header("x-vigie-rule").as_deref(),
+        Some("eleves: block p2p")
+    );
+    assert_eq!(origin.accepted.load(Ordering::SeqCst), before);
+    let ev = audit_line(dir.path(), &["\"protocol\":\"tracker_announce\""]);
+    assert_eq!(
+        (ev["verdict"].as_str(), ev["category"].as_str()),
+        (Some("block"), Some("p2p"))
+    );
+    assert_eq!(ev["entry"], "tracker_announce");
+    let r = curl(
+        v.proxy,
+        &[&format!(
+            "http://localhost:{}/hello?info=hash",
+            origin.port()
+        )],
+    );
+    assert_eq!(r.status, 200, "{}", r.headers);
+
+    // CONNECT by name to an address in the Tor list: refused with the page, the
+    // list entry named.
+    rt().block_on(async {
+        let (status, head, _) = connect_via(
+            v.proxy,
+            PERSONNEL,
+            &format!("localhost:{}", tls.addr.port()),
+            "",
+        )
+        .await;
+        assert_eq!(status, 403, "{head}");
+        assert!(
+            head.contains("x-vigie-rule: personnel: block tor"),
+            "{head}"
+        );
+    });
+    let ev = audit_line(
+        dir.path(),
+        &["\"kind\":\"connect\"", "\"category\":\"tor\""],
+    );
+    assert_eq!(ev["entry"], "127.0.0.1/32");
+    assert_eq!(ev["verdict"], "block");
+    let m = v.http_get("/metrics");
+    assert!(
+        m.contains("vigie_proxy_circumvention_total{protocol=\"tracker_announce\"} 1"),
         "{m}"
     );
 }

@@ -86,6 +86,12 @@ pub enum Request<'a> {
     },
     /// A connection to a bare IP address.
     Ip { ip: IpAddr, port: u16 },
+    /// A stream recognised by its first bytes (`proxy::sniff`): a P2P or tunnel
+    /// protocol, decided by the category it belongs to (`p2p`, `vpn`).
+    Stream {
+        protocol: &'static str,
+        category: &'a str,
+    },
 }
 
 /// The verdict part of a decision.
@@ -128,6 +134,8 @@ pub enum Reason {
     BareIp,
     /// Safe-search rewrite of the profile.
     SafeSearch,
+    /// A protocol whose category is not configured: refused (fail closed).
+    Signature,
     /// Nothing blocks it.
     Default,
 }
@@ -150,6 +158,8 @@ pub enum Matched {
     },
     /// A name vigie itself knows (see [`CIRCUMVENTION_NAMES`]).
     Builtin,
+    /// A protocol recognised by its first bytes.
+    Signature(&'static str),
 }
 
 /// The outcome of [`decide`].
@@ -276,6 +286,21 @@ pub fn decide(
                 },
                 &mut first,
             );
+        }
+    }
+    if let Request::Stream { protocol, category } = *request {
+        let m = Matched::Signature(protocol);
+        match snapshot.config.category_id(category) {
+            Some(c) => {
+                d.listed.insert(c);
+                consider(c, m, &mut first);
+            }
+            None => {
+                d.verdict = Verdict::Block;
+                d.reason = Reason::Signature;
+                d.matched = Some(m);
+                return d;
+            }
         }
     }
     // 1 and 2: overrides.
@@ -445,6 +470,13 @@ impl<'a> Target<'a> {
                 ip: Some(ip),
                 bare_ip: true,
             },
+            Request::Stream { .. } => Target {
+                host: None,
+                path: None,
+                url: None,
+                ip: None,
+                bare_ip: false,
+            },
         }
     }
 }
@@ -529,6 +561,9 @@ impl Decision {
             Reason::Circumvention => format!("{pname}: circumvention (block doh)"),
             Reason::BareIp => format!("{pname}: bare_ip = block"),
             Reason::SafeSearch => format!("{pname}: safe_search"),
+            Reason::Signature => {
+                format!("{pname}: protocol refused (its category is not configured)")
+            }
             Reason::Default => format!("{pname}: default allow"),
         }
     }
@@ -551,6 +586,7 @@ impl Decision {
             }
             Matched::Url { kind, .. } => Some(snapshot.lists.urls.entry_text(kind).to_string()),
             Matched::Ip { net, .. } => Some(net.to_string()),
+            Matched::Signature(protocol) => Some(protocol.to_string()),
             Matched::Builtin => {
                 let mut buf = [0u8; 256];
                 let host = Target::of(request).host?;
@@ -611,9 +647,12 @@ impl Decision {
                 Matched::Domain { source, .. }
                 | Matched::Url { source, .. }
                 | Matched::Ip { source, .. } => cfg.source(source),
-                Matched::Builtin => None,
+                Matched::Builtin | Matched::Signature(_) => None,
             };
             match source {
+                None if matches!(m, Matched::Signature(_)) => t.push(format!(
+                    "detected protocol \"{entry}\" from the connection's first bytes"
+                )),
                 Some(spec) => {
                     let at = locate_entry(spec, &entry)
                         .map(|(file, line)| format!("{}:{line}", file.display()))

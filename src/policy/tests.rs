@@ -432,3 +432,32 @@ fn blocked_category_beyond_the_kept_hits_still_blocks() {
         assert!(!t.is_empty());
     }
 }
+
+#[test]
+fn protocols_seen_in_the_first_bytes_follow_their_category() {
+    let (_d, s) = snapshot();
+    let stream = |protocol, category| Request::Stream { protocol, category };
+    // `tor` is configured and blocked for students, not for staff.
+    let req = stream("obfs4", "tor");
+    let d = decide(&s, &req, &who(&s, "eleves"), at(23, 10, 0));
+    assert_eq!((d.verdict, d.category_name(&s)), (Verdict::Block, "tor"));
+    assert_eq!(d.matched, Some(Matched::Signature("obfs4")));
+    assert_eq!(d.entry(&s, &req).as_deref(), Some("obfs4"));
+    assert!(
+        d.explain(&s, &req, &who(&s, "eleves"), at(23, 10, 0))
+            .iter()
+            .any(|l| l.contains("detected protocol \"obfs4\"")),
+    );
+    let d = decide(&s, &req, &who(&s, "personnel"), at(23, 10, 0));
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert_eq!(
+        d.listed.iter().count(),
+        1,
+        "still reported as listed in tor"
+    );
+    // A category the configuration does not have: refused for everyone.
+    let req = stream("bittorrent", "p2p");
+    let d = decide(&s, &req, &who(&s, "personnel"), at(23, 10, 0));
+    assert_eq!((d.verdict, d.reason), (Verdict::Block, Reason::Signature));
+    assert!(d.rule(&s).contains("not configured"), "{}", d.rule(&s));
+}

@@ -200,6 +200,26 @@ pub async fn handle(
             return block_page(&p, &snap, &d2, &identity, lang, &policy_url, &log, false);
         }
     }
+    // A BitTorrent tracker announce or scrape, whatever the tracker's name: the
+    // torrent client learns no peer from a network that blocks P2P.
+    if d.verdict != Verdict::Block
+        && !conn.mode.is_block_page()
+        && super::sniff::is_tracker_request(&pq)
+    {
+        let sreq = PolicyRequest::Stream {
+            protocol: "tracker_announce",
+            category: "p2p",
+        };
+        let d3 = policy::decide(&snap, &sreq, &identity, now);
+        if d3.verdict == Verdict::Block {
+            log.protocol("tracker_announce");
+            log.decision(&snap, &d3, &sreq);
+            crate::metrics::PROXY_CIRCUMVENTION_TOTAL
+                .with_label_values(&["tracker_announce"])
+                .inc();
+            return block_page(&p, &snap, &d3, &identity, lang, &policy_url, &log, false);
+        }
+    }
     if conn.mode.is_block_page() {
         // Nothing is forwarded from here: the page says why, or that the name is
         // no longer blocked for this client (a DNS answer cached from before).

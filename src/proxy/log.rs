@@ -161,6 +161,11 @@ impl RequestLog {
         });
     }
 
+    /// The protocol recognised from the first bytes of a stream.
+    pub fn protocol(&self, protocol: &'static str) {
+        self.with(|o| o.protocol = Some(protocol));
+    }
+
     pub fn refused(&self, why: &'static str) {
         self.with(|o| o.refused = Some(why));
         metrics::PROXY_REFUSED_TOTAL.with_label_values(&[why]).inc();

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Proxy;
+use super::log::Kind;
 use crate::metrics;
 
 /// How long a connection still gets, once shutdown starts, to finish its request.
@@ -170,9 +171,39 @@ async fn serve_conn(
             return;
         }
         if let Some(dst) = original_dst {
-            super::tunnel::transparent_tls(proxy, stream, peer, dst, cancel).await;
+            super::tunnel::transparent_stream(
+                proxy,
+                stream,
+                peer,
+                dst,
+                Kind::TransparentTls,
+                cancel,
+            )
+            .await;
         }
         return;
+    }
+    // Port 80 carries more than HTTP: a BitTorrent handshake or a Gnutella/DC++
+    // hello redirected here is decided like a non-TLS stream on the TLS port,
+    // instead of dying as a 400 that nobody sees.
+    if mode == Mode::TransparentHttp
+        && client
+        && let Some(dst) = original_dst
+    {
+        let mut first = [0u8; 64];
+        let n = stream.peek(&mut first).await.unwrap_or(0);
+        if !looks_like_http(&first[..n]) {
+            super::tunnel::transparent_stream(
+                proxy,
+                stream,
+                peer,
+                dst,
+                Kind::TransparentHttp,
+                cancel,
+            )
+            .await;
+            return;
+        }
     }
     let conn = Arc::new(Conn {
         peer,
@@ -199,6 +230,21 @@ async fn serve_conn(
     }
     drop(snap);
     serve_http(proxy, stream, conn, tracker, cancel).await;
+}
+
+/// Whether a stream's first bytes can be an HTTP/1 request: a method token (any,
+/// WebDAV's included, possibly still incomplete) and a space, and not one of the
+/// P2P hellos that look like one (`GNUTELLA CONNECT/0.6`).
+fn looks_like_http(first: &[u8]) -> bool {
+    let d = super::sniff::detect(first);
+    if d.category == "p2p" && d.protocol != "tracker_announce" {
+        return false;
+    }
+    let token = first
+        .iter()
+        .take_while(|b| b.is_ascii_uppercase() || matches!(b, b'-' | b'_'))
+        .count();
+    token > 0 && (token == first.len() || first[token] == b' ')
 }
 
 /// One client's HTTP/1.1 connection (plain or inside the block page's TLS).
@@ -251,6 +297,36 @@ async fn serve_http<I>(
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use super::looks_like_http;
+
+    #[test]
+    fn http_or_another_protocol_on_port_80() {
+        for http in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"PROPFIND /dav HTTP/1.1",
+            b"GE",
+            b"GET /announce?info_hash=%01 HTTP/1.1",
+        ] {
+            assert!(looks_like_http(http), "{:?}", String::from_utf8_lossy(http));
+        }
+        let mut bt = vec![19u8];
+        bt.extend_from_slice(b"BitTorrent protocol");
+        for other in [
+            &bt[..],
+            b"GNUTELLA CONNECT/0.6\r\n",
+            b"$MyNick x|",
+            b"SSH-2.0-OpenSSH",
+            b"\x16\x03\x01\x02\x00",
+            b"",
+        ] {
+            assert!(
+                !looks_like_http(other),
+                "{:?}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
 
     /// The idle-connection saving relies on `peek` waiting for the first byte.
     #[tokio::test]

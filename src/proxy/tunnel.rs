@@ -22,7 +22,9 @@ use super::forward::{Page, block_page, dial_error_page, error_page, forbidden_pa
 use super::guard::parse_host_ip;
 use super::log::{Kind, RequestLog};
 use super::server::Conn;
-use super::sniff::{ALERT_ACCESS_DENIED, FirstBytes, MAX_HELLO_BYTES, inspect};
+use super::sniff::{
+    ALERT_ACCESS_DENIED, Detected, FirstBytes, MALFORMED, MAX_HELLO_BYTES, inspect,
+};
 use super::{Body, Proxy, pages};
 use crate::config::SniMismatch;
 use crate::i18n::{Lang, Msg};
@@ -118,6 +120,26 @@ pub async fn connect(
         Ok(a) => a,
         Err(e) => return error_page(dial_error_page(&e), lang, &what, &log),
     };
+    // A name that resolves into an address list (a Tor relay, a VPN endpoint, a
+    // DoH resolver) is decided on those addresses too.
+    if literal.is_none() && !snap.lists.ips.is_empty() {
+        for a in &addrs {
+            let ip = canonical_ip(a.ip());
+            if snap.lists.ips.lookup(ip).is_empty() {
+                continue;
+            }
+            let ip_req = PolicyRequest::Tls {
+                host: Some(&policy_host),
+                port,
+                ip: Some(ip),
+            };
+            let d2 = policy::decide(&snap, &ip_req, &identity, Utc::now());
+            if d2.verdict == Verdict::Block {
+                log.decision(&snap, &d2, &ip_req);
+                return block_page(&p, &snap, &d2, &identity, lang, &what, &log, true);
+            }
+        }
+    }
     log.status(200);
     let upgrade = hyper::upgrade::on(req);
     let t = Tunnel {
@@ -143,20 +165,26 @@ pub async fn connect(
     Response::new(pages::empty())
 }
 
-/// A raw TLS connection redirected to the transparent listener.
-pub async fn transparent_tls(
+/// A raw connection redirected to a transparent listener: TLS on the TLS port, or
+/// a stream that is not HTTP on the HTTP port (`kind` says which door).
+pub async fn transparent_stream(
     p: Arc<Proxy>,
     stream: TcpStream,
     peer: SocketAddr,
     dst: SocketAddr,
+    kind: Kind,
     cancel: CancellationToken,
 ) {
     let snap = p.store.load();
     let client_ip = canonical_ip(peer.ip());
     let log = RequestLog::new(
-        Kind::TransparentTls,
+        kind,
         client_ip,
-        "TLS",
+        if kind == Kind::TransparentTls {
+            "TLS"
+        } else {
+            "-"
+        },
         p.audit.clone(),
         snap.config.proxy.log_allowed,
     );
@@ -217,7 +245,7 @@ impl Tunnel {
         let first = tokio::time::timeout(cfg.client_hello_timeout, async {
             loop {
                 if buf.len() >= MAX_HELLO_BYTES {
-                    return Ok(Some(FirstBytes::NotTls("malformed_tls")));
+                    return Ok(Some(FirstBytes::NotTls(MALFORMED)));
                 }
                 let mut chunk = [0u8; 4096];
                 let n = client.read(&mut chunk).await?;
@@ -232,16 +260,24 @@ impl Tunnel {
             }
         })
         .await;
-        let sni = match first {
+        let not_tls = match first {
             // A silent client on a TLS port waits for the server to speak first:
             // SMTP, FTP, some VPNs. Not HTTPS either way.
-            Err(_) => return self.refuse_not_tls(&mut client, "silent").await,
-            Ok(Err(_)) | Ok(Ok(None)) => return,
-            Ok(Ok(Some(FirstBytes::NotTls(proto)))) => {
-                return self.refuse_not_tls(&mut client, proto).await;
+            Err(_) => Err(Detected::tunnel("silent")),
+            Ok(Err(_)) | Ok(Ok(None)) | Ok(Ok(Some(FirstBytes::NeedMore))) => return,
+            Ok(Ok(Some(FirstBytes::NotTls(detected)))) => Err(detected),
+            Ok(Ok(Some(FirstBytes::ClientHello { sni }))) => Ok(sni),
+        };
+        let sni = match not_tls {
+            Ok(sni) => sni,
+            Err(detected) => {
+                if self.refuse_stream(&mut client, detected).await {
+                    return;
+                }
+                // A profile that does not block the protocol's category (staff
+                // allowed SSH on 443): the tunnel goes on, decided on the address.
+                None
             }
-            Ok(Ok(Some(FirstBytes::NeedMore))) => return,
-            Ok(Ok(Some(FirstBytes::ClientHello { sni }))) => sni,
         };
         self.log.sni(sni.as_deref());
 
@@ -332,20 +368,30 @@ impl Tunnel {
         splice(client, origin, &self.log, cfg.idle_timeout).await;
     }
 
-    async fn refuse_not_tls<C: AsyncWrite + Unpin>(&self, client: &mut C, proto: &'static str) {
-        self.log.blocked(
-            format!(
-                "{}: circumvention (non-TLS tunnel: {proto})",
-                self.snap.profile_name(self.identity.profile)
-            ),
-            Some(proto),
-        );
+    /// Decides a stream that is not TLS by its protocol's category (`p2p`, `vpn`)
+    /// and closes it when the profile blocks that; true when it was refused.
+    async fn refuse_stream<C: AsyncWrite + Unpin>(
+        &self,
+        client: &mut C,
+        detected: Detected,
+    ) -> bool {
+        self.log.protocol(detected.protocol);
+        let preq = PolicyRequest::Stream {
+            protocol: detected.protocol,
+            category: detected.category,
+        };
+        let d = policy::decide(&self.snap, &preq, &self.identity, Utc::now());
+        if d.verdict != Verdict::Block {
+            return false;
+        }
+        self.log.decision(&self.snap, &d, &preq);
         self.log.refused("not_tls");
         self.log.reference(&pages::new_reference(Utc::now()));
         metrics::PROXY_CIRCUMVENTION_TOTAL
-            .with_label_values(&[proto])
+            .with_label_values(&[detected.protocol])
             .inc();
         let _ = client.shutdown().await;
+        true
     }
 }
 
