@@ -144,7 +144,7 @@ start_server() { # name -> sets SPID
   case $1 in
     vigie) taskset -c "$SERVER_CPU" "$VIGIE" --config "$OUT/vigie.toml" run \
              --dns-listen "127.0.0.1:${PORT[vigie]}" --admin-listen "127.0.0.1:$ADMIN_PORT" --proxy-listen 127.0.0.1:0 \
-             --data-dir "$OUT/vigie-data" \
+             --data-dir "$OUT/vigie-data" --user root \
              >"$OUT/vigie.out" 2>"$OUT/vigie.log" & ;;
     unbound) taskset -c "$SERVER_CPU" unbound -d -c "$OUT/unbound.conf" 2>"$OUT/unbound.log" & ;;
     dnsmasq) taskset -c "$SERVER_CPU" dnsmasq -k --no-resolv --no-hosts --user=root \

@@ -243,7 +243,7 @@ for s in $SERVERS; do
       conf=$OUT/vigie.toml
       [ "$s" = vigie_noaudit ] && conf=$OUT/vigie-noaudit.toml
       taskset -c "$SERVER_CPU" "$VIGIE" --config "$conf" run --proxy-listen "127.0.0.1:$port" \
-        --dns-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --upstream 127.0.0.1:9 >"$OUT/$s.out" 2>"$OUT/$s.log" &
+        --dns-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --upstream 127.0.0.1:9 --user root >"$OUT/$s.out" 2>"$OUT/$s.log" &
       ;;
     squid)
       rm -f "$OUT/squid/squid.pid"

@@ -38,10 +38,26 @@ pub struct RunOptions {
     pub admin_listen: SocketAddr,
     pub upstreams: Vec<String>,
     pub data_dir: Option<PathBuf>,
+    /// Whom to become after binding when started as root (`--user`); `None`:
+    /// [`crate::privileges::DEFAULT_USER`].
+    pub user: Option<String>,
 }
 
 /// Runs until Ctrl-C / SIGTERM.
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // Whom to become is settled before anything is opened or bound: a wrong --user
+    // stops vigie before it serves anything.
+    let run_as = crate::privileges::plan(opts.user.as_deref())?;
+    if let Some(to) = &run_as {
+        // Before any thread is started: every thread inherits it.
+        crate::privileges::forbid_new_privileges(to)?;
+        // A new data directory is made for the user (mode 0750) before anything is
+        // written in it, and one vigie must not take over stops it here; what is
+        // written there until the switch is handed over again then.
+        if let Some(dir) = &opts.data_dir {
+            crate::privileges::hand_over_data_dir(dir, to)?;
+        }
+    }
     metrics::init();
     let cache_dir = opts.data_dir.as_ref().map(|d| d.join("cache"));
     let snapshot = Snapshot::load(opts.config.as_deref(), cache_dir.as_deref())?;
@@ -59,13 +75,14 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         .thread_name("vigie")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(opts, snapshot, cache_dir))
+    runtime.block_on(serve(opts, snapshot, cache_dir, run_as))
 }
 
 async fn serve(
     opts: RunOptions,
     snapshot: Snapshot,
     cache_dir: Option<PathBuf>,
+    run_as: Option<crate::privileges::RunAs>,
 ) -> anyhow::Result<()> {
     let store = Arc::new(SnapshotStore::new(snapshot));
     let cancel = CancellationToken::new();
@@ -114,7 +131,6 @@ async fn serve(
         audit.clone(),
     )?;
     let dns_addr = listeners.local_addr();
-    listeners.serve(handler.clone(), &mut tasks, tracker.clone(), cancel.clone());
 
     let admin = tokio::net::TcpListener::bind(opts.admin_listen)
         .await
@@ -156,7 +172,6 @@ async fn serve(
     .await?;
     let proxy_addr = proxy.local_addr().unwrap_or(opts.proxy_listen);
     let proxy_optional = proxy.optional_addrs();
-    proxy.serve(&mut tasks, tracker.clone(), cancel.clone());
     // The admin web app (issue 7): its own reads of the audit store, its requests
     // database, and the unblock grants it puts back in force.
     let admin_app = crate::admin::Admin::open(crate::admin::Setup {
@@ -175,7 +190,7 @@ async fn serve(
         .merge(crate::admin::router(admin_app.clone()));
 
     // HTTPS for the admin app, on its own address (`[admin] tls_listen`).
-    let mut admin_tls_addr = None;
+    let mut admin_tls = None;
     let admin_cfg = store.load().config.admin.clone();
     if let Some(addr) = admin_cfg.tls_listen {
         let acceptor =
@@ -184,7 +199,25 @@ async fn serve(
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for admin HTTPS on {addr}"))?;
-        admin_tls_addr = Some(l.local_addr()?);
+        admin_tls = Some((l, acceptor));
+    }
+    let admin_tls_addr = match &admin_tls {
+        Some((l, _)) => Some(l.local_addr()?),
+        None => None,
+    };
+
+    // Every listener is bound: give root up (when started as root) before serving.
+    if let Some(to) = &run_as {
+        give_up_root(
+            to,
+            &store.load(),
+            opts.config.as_deref(),
+            data_dir.as_deref(),
+        )?;
+    }
+    listeners.serve(handler.clone(), &mut tasks, tracker.clone(), cancel.clone());
+    proxy.serve(&mut tasks, tracker.clone(), cancel.clone());
+    if let Some((l, acceptor)) = admin_tls {
         tasks.spawn(crate::admin::tls::serve(
             l,
             acceptor,
@@ -193,7 +226,6 @@ async fn serve(
             cancel.clone(),
         ));
     }
-
     tasks.spawn(serve_admin(admin, pac, cancel.clone()));
     let mut services = vec![
         ("dns (udp+tcp)".to_string(), dns_addr.to_string()),
@@ -257,6 +289,18 @@ async fn serve(
     // Handlers are installed before anyone is told we are ready: a SIGTERM sent
     // right after the ready line must drain and flush, not kill the process.
     let signals = ShutdownSignals::install();
+    // `vigie lists update` finds this process here to ask for a reload (SIGHUP);
+    // removed on the way out.
+    let _pid_file = data_dir.as_deref().and_then(|d| {
+        crate::update::PidFile::create(d)
+            .map_err(|e| {
+                tracing::warn!(
+                    "cannot write {}/vigie.pid, `vigie lists update` will not reload this process: {e}",
+                    d.display()
+                )
+            })
+            .ok()
+    });
     println!("{ready}");
 
     wait_for_shutdown(signals, &cancel, &mut tasks).await;
@@ -281,6 +325,29 @@ async fn serve(
         tracing::warn!("audit queue not flushed within {SHUTDOWN_GRACE:?}");
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Hands the data directory to `to`, becomes `to` for good, then checks that the
+/// files vigie opens again while it runs are open to it. Any failure stops vigie
+/// before it serves.
+fn give_up_root(
+    to: &crate::privileges::RunAs,
+    snap: &Snapshot,
+    config: Option<&Path>,
+    data_dir: Option<&Path>,
+) -> anyhow::Result<()> {
+    if let Some(dir) = data_dir {
+        let changed = crate::privileges::hand_over_data_dir(dir, to)?;
+        tracing::info!(
+            "data directory {} handed to user {} ({changed} entries changed owner)",
+            dir.display(),
+            to.name
+        );
+    }
+    crate::privileges::become_user(to)?;
+    let needs = crate::privileges::needs(&snap.config, config, data_dir);
+    crate::privileges::check_access(to, &needs, config)?;
     Ok(())
 }
 
@@ -558,13 +625,20 @@ fn retire(old: Arc<Snapshot>) {
     });
 }
 
-/// Files whose change triggers a reload: the config file and every list source.
+/// Files whose change triggers a reload: the config file and every list source,
+/// except those of an updated list set. A set never changes once written, and
+/// `vigie lists update` asks for its reload itself (SIGHUP): watching it would
+/// only reload a second time when the next update hard-links its unchanged files.
 fn watched_paths(config: Option<&Path>, snap: &Snapshot) -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();
     if let Some(c) = config {
         out.insert(absolute(c));
     }
+    let set = snap.config.lists_set.as_deref();
     for s in &snap.config.sources {
+        if set.is_some_and(|set| s.path.starts_with(set)) {
+            continue;
+        }
         out.insert(absolute(&s.path));
     }
     out

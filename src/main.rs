@@ -2,7 +2,9 @@
 //!
 //! Exit codes are part of the interface scripts rely on: `check` exits 0 when
 //! allowed, 1 when blocked, 2 on error; every other command exits 0 on success and
-//! 2 on error (1 for `config validate` finding problems).
+//! 2 on error (1 for `config validate` finding problems, and for `lists update`
+//! refusing what it downloaded; 3 when `lists update` could not tell the running
+//! vigie to reload).
 
 #![forbid(unsafe_code)]
 
@@ -152,6 +154,11 @@ struct RunArgs {
     /// State directory (list cache, audit store).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// When started as root: the user to become once every port is bound (default
+    /// `vigie`; it must exist). The data directory is handed to that user first.
+    /// `--user root` keeps root (with a warning). Ignored when not started as root.
+    #[arg(long, value_name = "NAME", env = "VIGIE_USER")]
+    user: Option<String>,
 }
 
 #[derive(Args)]
@@ -176,6 +183,28 @@ struct CheckArgs {
 enum ListsCommand {
     /// Per source and category: entries loaded, bad lines, build time, memory.
     Stats,
+    /// Download the configured lists (UT1's tarball, `[[lists]] url`) over HTTPS,
+    /// verify them, put them in force atomically and reload the running vigie.
+    /// Exit 0: updated or unchanged; 1: the downloaded lists were refused; 2: the
+    /// update could not be made; 3: updated, but the running vigie could not be
+    /// told. Nothing changes unless it exits 0 or 3.
+    Update {
+        /// Do not ask the running `vigie run` to reload (it uses the new lists at
+        /// its next reload or start).
+        #[arg(long)]
+        no_reload: bool,
+        /// State directory (default: the config's data_dir), as given to `vigie run`.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Go back to the list set in force before the last update (or to the shipped
+    /// lists) and reload the running vigie.
+    Rollback {
+        #[arg(long)]
+        no_reload: bool,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -198,10 +227,38 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // `--data-dir` names the state directory for every configuration this process
+    // loads, so the running filter and `lists update` agree on where lists live.
+    if let Command::Run(RunArgs {
+        data_dir: Some(d), ..
+    })
+    | Command::Lists(ListsCommand::Update {
+        data_dir: Some(d), ..
+    })
+    | Command::Lists(ListsCommand::Rollback {
+        data_dir: Some(d), ..
+    }) = &cli.command
+    {
+        config::override_data_dir(d.clone());
+    }
+    // Run by root, a command that writes where the service keeps its state becomes
+    // the service's user first, so that it leaves no root-owned file there.
+    if let Some(dir) = written_state_dir(cli.config.as_deref(), &cli.command)
+        && let Err(e) = vigie::privileges::become_owner_of(&dir)
+    {
+        eprintln!("vigie: {e}");
+        return ExitCode::from(2);
+    }
     match cli.command {
         Command::Run(args) => run(cli.config, args),
         Command::Check(args) => check(cli.config, args),
         Command::Lists(ListsCommand::Stats) => lists_stats(cli.config),
+        Command::Lists(ListsCommand::Update { no_reload, .. }) => {
+            lists_update(cli.config, !no_reload)
+        }
+        Command::Lists(ListsCommand::Rollback { no_reload, .. }) => {
+            lists_rollback(cli.config, !no_reload)
+        }
         Command::Config(ConfigCommand::Validate { file }) => validate(file.or(cli.config)),
         Command::Users(cmd) => users(cli.config, cmd),
         Command::Audit(AuditCommand::Purge { data_dir }) => audit_purge(cli.config, data_dir),
@@ -249,6 +306,7 @@ fn vigie_app_run(config: Option<PathBuf>, args: RunArgs) -> anyhow::Result<()> {
         admin_listen: args.admin_listen,
         upstreams: args.upstream,
         data_dir: args.data_dir,
+        user: args.user,
     })
 }
 
@@ -408,6 +466,15 @@ fn lists_stats(config: Option<PathBuf>) -> ExitCode {
         lists.ips.len(),
         lists.ips.memory_bytes()
     );
+    match &snapshot.config.lists_set {
+        Some(set) => {
+            let when = vigie::lists::sets::read_manifest(set)
+                .map(|m| format!(" (updated {})", m.created))
+                .unwrap_or_default();
+            println!("updated lists from {}{when}", set.display());
+        }
+        None => println!("lists as configured (no `vigie lists update` in force)"),
+    }
     println!(
         "built in {:.3} s{}, total {} bytes",
         report.build_time.as_secs_f64(),
@@ -419,6 +486,136 @@ fn lists_stats(config: Option<PathBuf>) -> ExitCode {
         lists.memory_bytes()
     );
     ExitCode::SUCCESS
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / (1u64 << 10) as f64),
+        n => format!("{n} B"),
+    }
+}
+
+/// Prints what a reload request became; the exit status of an update that is in
+/// force either way.
+fn report_reload(reload: Option<&vigie::update::Reload>) -> ExitCode {
+    use vigie::update::Reload;
+    match reload {
+        None => {
+            println!(
+                "reload: not asked (--no-reload); the running vigie uses the new lists at its next reload"
+            );
+            ExitCode::SUCCESS
+        }
+        Some(Reload::Signalled(pid)) => {
+            println!("reload: asked the running vigie (pid {pid}, SIGHUP); it logs the outcome");
+            ExitCode::SUCCESS
+        }
+        Some(Reload::NotRunning(why)) => {
+            println!("reload: no running vigie to tell ({why}); the lists apply at its next start");
+            ExitCode::SUCCESS
+        }
+        Some(Reload::Failed(why)) => {
+            eprintln!("vigie lists update: {why}; reload it yourself (systemctl reload vigie)");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn lists_update(config: Option<PathBuf>, reload: bool) -> ExitCode {
+    use vigie::update::{Change, Download, Outcome};
+    let opts = vigie::update::Options {
+        reload,
+        now: Utc::now(),
+    };
+    let report = match vigie::update::update(config.as_deref(), &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vigie lists update: {e}");
+            eprintln!("vigie lists update: nothing was changed; the lists in force stay");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    for d in &report.downloads {
+        let what = match d.result {
+            Download::Downloaded(n) => format!("downloaded {}", human_bytes(n)),
+            Download::NotModified => "not modified".to_string(),
+            Download::SameContent(n) => format!("same content ({})", human_bytes(n)),
+        };
+        println!("{:<24} {what:<28} {}", d.what, d.url);
+    }
+    if !report.lists.is_empty() {
+        println!();
+        println!(
+            "{:<32} {:<18} {:<10} {:>9} {:>6}",
+            "list", "category", "change", "entries", "bad"
+        );
+    }
+    for l in &report.lists {
+        let change = match l.change {
+            Change::New => "new",
+            Change::Updated => "updated",
+            Change::Unchanged => "unchanged",
+        };
+        println!(
+            "{:<32} {:<18} {change:<10} {:>9} {:>6}",
+            l.rel.display(),
+            l.category,
+            l.entries,
+            l.bad_lines
+        );
+    }
+    for n in &report.notes {
+        println!("note: {n}");
+    }
+    match &report.outcome {
+        Outcome::NothingToUpdate => {
+            println!(
+                "nothing to update: no [[lists]] entry has a url, and no UT1 list is under [lists_update] ut1_path (or ut1_url is \"\")"
+            );
+            ExitCode::SUCCESS
+        }
+        Outcome::Unchanged { set } => {
+            match set {
+                Some(s) => println!("lists unchanged; {} stays in force", s.display()),
+                None => println!("lists unchanged"),
+            }
+            ExitCode::SUCCESS
+        }
+        Outcome::Installed {
+            set,
+            previous,
+            removed,
+            reload,
+        } => {
+            println!();
+            println!("in force: {}", set.display());
+            match previous {
+                Some(p) => println!("kept for `vigie lists rollback`: {}", p.display()),
+                None => println!("before: the configured (shipped) lists"),
+            }
+            for r in removed {
+                println!("removed: {}", r.display());
+            }
+            report_reload(reload.as_ref())
+        }
+    }
+}
+
+fn lists_rollback(config: Option<PathBuf>, reload: bool) -> ExitCode {
+    match vigie::update::rollback(config.as_deref(), reload) {
+        Ok((set, r)) => {
+            match set {
+                Some(s) => println!("in force: {}", s.display()),
+                None => println!("in force: the configured (shipped) lists"),
+            }
+            report_reload(r.as_ref())
+        }
+        Err(e) => {
+            eprintln!("vigie lists rollback: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 fn validate(file: Option<PathBuf>) -> ExitCode {
@@ -459,6 +656,31 @@ fn validate(file: Option<PathBuf>) -> ExitCode {
 
 /// The users file: `--file`, else the config's `[proxy] users_file`, else
 /// `<data_dir>/users`.
+/// The directory `command` writes in when that is the service's state: the data
+/// directory (audit store, lists) or the users file's directory.
+fn written_state_dir(config: Option<&std::path::Path>, command: &Command) -> Option<PathBuf> {
+    let data_dir = |given: &Option<PathBuf>| {
+        given
+            .clone()
+            .or_else(|| config::load(config).ok()?.data_dir)
+    };
+    match command {
+        Command::Audit(
+            AuditCommand::Purge { data_dir: d }
+            | AuditCommand::Stats { data_dir: d, .. }
+            | AuditCommand::Export { data_dir: d, .. },
+        )
+        | Command::Lists(
+            ListsCommand::Update { data_dir: d, .. } | ListsCommand::Rollback { data_dir: d, .. },
+        ) => data_dir(d),
+        Command::Users(UsersCommand::Add(a) | UsersCommand::Passwd(a) | UsersCommand::Del(a)) => {
+            let file = users_file(config, a.file.clone()).ok()?;
+            std::path::absolute(&file).ok()?.parent().map(PathBuf::from)
+        }
+        _ => None,
+    }
+}
+
 fn users_file(config: Option<&std::path::Path>, file: Option<PathBuf>) -> Result<PathBuf, String> {
     if let Some(f) = file {
         return Ok(f);

@@ -151,7 +151,9 @@ fn soa(zone: &Name) -> Record {
     Record::from_rdata(zone.clone(), 60, RData::SOA(soa))
 }
 
-fn answer(packet: &[u8], cloak_target: &Name, udp: bool) -> Option<Vec<u8>> {
+/// The fake upstream's answer to `packet` (see [`Upstream`]); also served over
+/// DoT and DoH by tests/dns_upstream_tls.rs.
+pub fn answer(packet: &[u8], cloak_target: &Name, udp: bool) -> Option<Vec<u8>> {
     let req = Message::from_vec(packet).ok()?;
     let q = req.queries.first()?.clone();
     let mut resp = Message::response(req.metadata.id, OpCode::Query);
@@ -290,6 +292,12 @@ impl Vigie {
             if !extra_args.contains(&flag) {
                 cmd.args([flag, "127.0.0.1:0"]);
             }
+        }
+        // Started as root (CI), vigie would give root up for the `vigie` user, which
+        // cannot read the tests' root-only temporary directories: keep root unless
+        // the test names a user (tests/drop_root.rs). Ignored when not root.
+        if !extra_args.contains(&"--user") {
+            cmd.args(["--user", "root"]);
         }
         cmd.args(extra_args)
             .arg("--data-dir")
