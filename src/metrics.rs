@@ -57,6 +57,18 @@ pub static LIST_ENTRIES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// When the updated list set in force was made (`vigie lists update`), Unix
+/// seconds; 0 while the configured (shipped) lists are used. Alert on its age.
+pub static LISTS_UPDATED_TIMESTAMP: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "vigie_lists_updated_timestamp_seconds",
+            "Creation time of the updated list set in force (0: shipped lists).",
+        )
+        .unwrap_or_else(|e| panic!("vigie_lists_updated_timestamp_seconds: {e}")),
+    )
+});
+
 /// Version number of the snapshot in service.
 pub static SNAPSHOT_VERSION: LazyLock<IntGauge> = LazyLock::new(|| {
     register(
@@ -387,6 +399,7 @@ pub fn init() {
     LazyLock::force(&LIST_BAD_LINES);
     LazyLock::force(&LIST_ENTRIES);
     LazyLock::force(&SNAPSHOT_VERSION);
+    LazyLock::force(&LISTS_UPDATED_TIMESTAMP);
     LazyLock::force(&DECISIONS_TOTAL);
     LazyLock::force(&SNAPSHOT_BUILD_SECONDS);
     LazyLock::force(&DNS_QUERIES_TOTAL);

@@ -228,6 +228,14 @@ impl Snapshot {
     /// Exports the sizes of this snapshot's lists (call when it goes into service).
     pub fn publish_metrics(&self) {
         metrics::SNAPSHOT_VERSION.set(self.version as i64);
+        let updated = self
+            .config
+            .lists_set
+            .as_deref()
+            .and_then(crate::lists::sets::read_manifest)
+            .and_then(|m| m.created_at())
+            .map_or(0, |t| t.timestamp());
+        metrics::LISTS_UPDATED_TIMESTAMP.set(updated);
         metrics::LIST_ENTRIES
             .with_label_values(&["domain"])
             .set(self.lists.domains.len() as i64);

@@ -18,7 +18,8 @@ use toml::Spanned;
 
 pub use schedule::{Schedule, parse_days, parse_time_range};
 pub use schema::{
-    Action, AuditStoreKind, BlockMode, DEFAULT_CLIENT_NETWORKS, RawConfig, SafeSearch, SniMismatch,
+    Action, AuditStoreKind, BlockMode, DEFAULT_CLIENT_NETWORKS, DEFAULT_UT1_URL, RawConfig,
+    SafeSearch, SniMismatch,
 };
 
 use crate::lists::{CatSet, CategoryId, SourceId, SourceSpec};
@@ -299,6 +300,57 @@ pub struct Network {
     pub name: Option<String>,
 }
 
+/// Where an updatable list comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpdateOrigin {
+    /// A category directory of UT1's tarball (`gambling`, `audio-video` …).
+    Ut1 { category_dir: String },
+    /// Its own `https://` URL (`[[lists]] url`).
+    Url(String),
+}
+
+/// A list source that `vigie lists update` refreshes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateTarget {
+    /// Index in [`Config::sources`].
+    pub source: usize,
+    /// Its path relative to the list base, as configured (`ut1/gambling`): the same
+    /// path inside an updated set.
+    pub rel: PathBuf,
+    /// Where it is read from while no updated set holds it (the shipped copy).
+    pub fallback: PathBuf,
+    pub origin: UpdateOrigin,
+}
+
+/// Resolved `[lists_update]` settings; see `schema::RawListsUpdate`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListsUpdateConfig {
+    /// `None`: UT1 is not updated.
+    pub ut1_url: Option<String>,
+    /// Relative to the list base (`ut1`).
+    pub ut1_path: PathBuf,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: std::time::Duration,
+    pub timeout: std::time::Duration,
+    pub max_bytes: u64,
+    pub max_unpacked_bytes: u64,
+    pub max_bad_share: f64,
+    pub min_entries: u64,
+    pub keep: usize,
+    /// The list sources an update refreshes, in source order.
+    pub targets: Vec<UpdateTarget>,
+}
+
+/// `--data-dir` given on the command line: it wins over the file's `data_dir` for
+/// every configuration this process loads, the first and each reload, so updated
+/// lists, cache and audit store are looked for in one place.
+static DATA_DIR_OVERRIDE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the process-wide `--data-dir` (once, at start-up; later calls are ignored).
+pub fn override_data_dir(dir: PathBuf) {
+    let _ = DATA_DIR_OVERRIDE.set(dir);
+}
+
 /// A validated configuration, with every name resolved to an index.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -327,6 +379,11 @@ pub struct Config {
     pub portal: PortalConfig,
     /// The admin web app's settings (`[admin]`).
     pub admin: AdminConfig,
+    /// `vigie lists update`'s settings and the lists it refreshes (`[lists_update]`).
+    pub lists_update: ListsUpdateConfig,
+    /// The updated list set the sources are read from (`<data_dir>/lists/current`,
+    /// resolved); `None`: the configured (shipped) files only.
+    pub lists_set: Option<PathBuf>,
 }
 
 /// Resolved `[proxy]` settings; see `schema::RawProxy` for what each means.
@@ -405,6 +462,8 @@ pub struct DnsConfig {
     pub block_page_ipv6: Option<std::net::Ipv6Addr>,
     pub log_allowed: bool,
     pub upstream_timeout: std::time::Duration,
+    /// Extra trusted CAs for encrypted upstreams (`[dns] upstream_ca_file`).
+    pub upstream_ca_file: Option<PathBuf>,
 }
 
 impl Default for DnsConfig {
@@ -421,6 +480,7 @@ impl Default for DnsConfig {
             block_page_ipv6: None,
             log_allowed: raw.log_allowed,
             upstream_timeout: std::time::Duration::from_millis(raw.upstream_timeout_ms),
+            upstream_ca_file: None,
         }
     }
 }
@@ -451,6 +511,24 @@ impl Config {
 
     pub fn source(&self, id: SourceId) -> Option<&SourceSpec> {
         self.sources.get(id as usize)
+    }
+
+    /// Reads the updatable lists from `set` where it holds them, from their
+    /// configured (shipped) paths otherwise. `None`: configured paths only.
+    ///
+    /// A list found in the updated set wins; only lists an update refreshes are
+    /// looked for there, so removing a `url` goes back to the configured file.
+    pub fn use_lists_set(&mut self, set: Option<&Path>) {
+        for t in &self.lists_update.targets {
+            let Some(spec) = self.sources.get_mut(t.source) else {
+                continue;
+            };
+            spec.path = match set.map(|s| s.join(&t.rel)) {
+                Some(p) if p.exists() => p,
+                _ => t.fallback.clone(),
+            };
+        }
+        self.lists_set = set.map(Path::to_path_buf);
     }
 }
 
@@ -794,23 +872,27 @@ impl Validator<'_> {
             .iter()
             .map(|u| u.get_ref().clone())
             .collect();
-        let dns = self.dns(&raw.dns);
+        let dns = self.dns(&raw.dns, base_dir);
         let proxy = self.proxy(&raw.proxy, base_dir);
         let portal = self.portal(&raw.portal);
         let admin = self.admin(&raw.admin, base_dir);
+        let lists_update = self.lists_update(&raw, &sources, base_dir);
 
         if !self.diags.is_empty() {
             return None;
         }
-        Some(Config {
+        let data_dir = DATA_DIR_OVERRIDE.get().cloned().or_else(|| {
+            raw.data_dir.map(|d| {
+                let d = PathBuf::from(d);
+                if d.is_absolute() { d } else { base_dir.join(d) }
+            })
+        });
+        let mut config = Config {
             origin: self.origin.to_string(),
             timezone,
             default_profile: default_profile?,
             client_networks,
-            data_dir: raw.data_dir.map(|d| {
-                let d = PathBuf::from(d);
-                if d.is_absolute() { d } else { base_dir.join(d) }
-            }),
+            data_dir,
             categories,
             sources,
             schedules,
@@ -824,7 +906,176 @@ impl Validator<'_> {
             proxy,
             portal,
             admin,
-        })
+            lists_update,
+            lists_set: None,
+        };
+        if let Some(d) = &config.data_dir {
+            let set = crate::lists::sets::ListsDir::new(d).current();
+            config.use_lists_set(set.as_deref());
+        }
+        Some(config)
+    }
+
+    /// `[lists_update]` and the `url` of `[[lists]]`: which sources an update
+    /// refreshes, from where. Downloads are HTTPS only: a list fetched in clear
+    /// could be altered on the way to block or open anything.
+    fn lists_update(
+        &mut self,
+        raw: &RawConfig,
+        sources: &[SourceSpec],
+        base_dir: &Path,
+    ) -> ListsUpdateConfig {
+        let u = &raw.lists_update;
+        let ut1_url = {
+            let url = u.ut1_url.get_ref().trim();
+            if url.is_empty() {
+                None
+            } else if self.https_url(&u.ut1_url, "lists_update.ut1_url") {
+                Some(url.to_string())
+            } else {
+                None
+            }
+        };
+        let ut1_path = PathBuf::from(u.ut1_path.get_ref().trim());
+        if !plain_relative(&ut1_path) {
+            self.error_at(
+                u.ut1_path.span(),
+                format!(
+                    "lists_update.ut1_path \"{}\" must be a relative path inside lists_dir, without \"..\"",
+                    u.ut1_path.get_ref()
+                ),
+            );
+        }
+        let positive = |v: &mut Self, s: &Spanned<u64>, key: &str| {
+            if *s.get_ref() == 0 {
+                v.error_at(s.span(), format!("lists_update.{key} must be at least 1"));
+            }
+            *s.get_ref()
+        };
+        let connect_timeout = positive(self, &u.connect_timeout_ms, "connect_timeout_ms");
+        let timeout = positive(self, &u.timeout_ms, "timeout_ms");
+        let max_bytes = positive(self, &u.max_bytes, "max_bytes");
+        let max_unpacked_bytes = positive(self, &u.max_unpacked_bytes, "max_unpacked_bytes");
+        let keep = positive(self, &u.keep, "keep");
+        let share = *u.max_bad_share.get_ref();
+        if !(0.0..=1.0).contains(&share) {
+            self.error_at(
+                u.max_bad_share.span(),
+                format!("lists_update.max_bad_share = {share}: expected a share between 0 and 1 (0.05 = 5 %)"),
+            );
+        }
+
+        // `raw.lists[i]` became `sources[j]` with `sources[j].id == i`.
+        let mut targets: Vec<UpdateTarget> = Vec::new();
+        for (j, spec) in sources.iter().enumerate() {
+            let Some(l) = raw.lists.get(spec.id as usize) else {
+                continue;
+            };
+            let rel = Path::new(l.path.get_ref());
+            let origin = match &l.url {
+                Some(url) => {
+                    if !self.https_url(url, "url") {
+                        continue;
+                    }
+                    if l.format == crate::lists::Format::Ut1 {
+                        self.error_at(
+                            url.span(),
+                            "a list of format \"ut1\" is a category directory: it is refreshed from lists_update.ut1_url, not from its own url",
+                        );
+                        continue;
+                    }
+                    if !plain_relative(rel) {
+                        self.error_at(
+                            l.path.span(),
+                            format!(
+                                "a list with a url needs a relative path (it is kept under <data_dir>/lists/): \"{}\"",
+                                rel.display()
+                            ),
+                        );
+                        continue;
+                    }
+                    if ut1_url.is_some() && rel.starts_with(&ut1_path) {
+                        self.error_at(
+                            l.path.span(),
+                            format!(
+                                "\"{}\" is inside lists_update.ut1_path \"{}\", which UT1's tarball fills: give this list another path",
+                                rel.display(),
+                                ut1_path.display()
+                            ),
+                        );
+                        continue;
+                    }
+                    UpdateOrigin::Url(url.get_ref().trim().to_string())
+                }
+                None => {
+                    let category_dir = rel
+                        .strip_prefix(&ut1_path)
+                        .ok()
+                        .filter(|rest| rest.components().count() == 1 && plain_relative(rel))
+                        .and_then(|rest| rest.to_str());
+                    match category_dir {
+                        Some(dir) if ut1_url.is_some() && l.format == crate::lists::Format::Ut1 => {
+                            UpdateOrigin::Ut1 {
+                                category_dir: dir.to_string(),
+                            }
+                        }
+                        _ => continue,
+                    }
+                }
+            };
+            if let Some(other) = targets.iter().find(|t| t.rel == rel && t.origin != origin) {
+                let what = match &other.origin {
+                    UpdateOrigin::Url(u) => u.clone(),
+                    UpdateOrigin::Ut1 { .. } => "UT1's tarball".to_string(),
+                };
+                self.error_at(
+                    l.path.span(),
+                    format!(
+                        "\"{}\" is already downloaded from {what}: two sources cannot fill one path",
+                        rel.display()
+                    ),
+                );
+                continue;
+            }
+            targets.push(UpdateTarget {
+                source: j,
+                rel: rel.to_path_buf(),
+                fallback: spec.path.clone(),
+                origin,
+            });
+        }
+        let ca_file = u.ca_file.as_ref().map(|f| {
+            let p = Path::new(f.get_ref().trim());
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base_dir.join(p)
+            }
+        });
+        ListsUpdateConfig {
+            ut1_url,
+            ut1_path,
+            ca_file,
+            connect_timeout: std::time::Duration::from_millis(connect_timeout),
+            timeout: std::time::Duration::from_millis(timeout),
+            max_bytes,
+            max_unpacked_bytes,
+            max_bad_share: share,
+            min_entries: *u.min_entries.get_ref(),
+            keep: usize::try_from(keep).unwrap_or(usize::MAX),
+            targets,
+        }
+    }
+
+    /// Checks that `url` is an `https://` URL with a host; reports it otherwise.
+    fn https_url(&mut self, url: &Spanned<String>, key: &str) -> bool {
+        match check_https_url(url.get_ref().trim()) {
+            Ok(()) => true,
+            Err(why) => {
+                self.error_at(url.span(), format!("{key}: {why}"));
+                false
+            }
+        }
     }
 
     fn admin(&mut self, raw: &schema::RawAdmin, base_dir: &Path) -> AdminConfig {
@@ -975,7 +1226,7 @@ impl Validator<'_> {
         }
     }
 
-    fn dns(&mut self, raw: &schema::RawDns) -> DnsConfig {
+    fn dns(&mut self, raw: &schema::RawDns, base_dir: &Path) -> DnsConfig {
         let block_page_ipv4 =
             raw.block_page_ipv4
                 .as_ref()
@@ -1028,6 +1279,7 @@ impl Validator<'_> {
             block_page_ipv6,
             log_allowed: raw.log_allowed,
             upstream_timeout: std::time::Duration::from_millis(raw.upstream_timeout_ms),
+            upstream_ca_file: raw.upstream_ca_file.as_ref().map(|f| base_dir.join(f)),
         }
     }
 
@@ -1369,6 +1621,37 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// Why `url` cannot be downloaded from, if it cannot: `https://host[:port]/…` only.
+pub fn check_https_url(url: &str) -> Result<(), String> {
+    if url
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
+    {
+        return Err(format!(
+            "\"{url}\" is plain http://: lists are downloaded over https:// only (a list fetched in clear can be altered on the way)"
+        ));
+    }
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("\"{url}\" is not a valid URL"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!(
+            "\"{url}\" is not an https:// URL (expected e.g. https://example.org/list.txt)"
+        ));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("\"{url}\" has no host"));
+    }
+    Ok(())
+}
+
+/// A non-empty relative path made of plain names only (no `..`, no root).
+fn plain_relative(p: &Path) -> bool {
+    p.components().next().is_some()
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 /// `ldap://127.0.0.1:…` / `ldap://localhost…`: clear text that never leaves the box.

@@ -57,6 +57,9 @@ pub struct RawConfig {
     /// The admin web app (`src/admin/`): who may use it, sessions, TLS.
     #[serde(default)]
     pub admin: RawAdmin,
+    /// `vigie lists update`: where fresh lists come from and how they are checked.
+    #[serde(default)]
+    pub lists_update: RawListsUpdate,
 }
 
 fn default_timezone() -> Spanned<String> {
@@ -111,6 +114,11 @@ pub struct RawList {
     /// Entries of this list are exceptions (allowlist) for its category.
     #[serde(default)]
     pub exception: bool,
+    /// `https://` address `vigie lists update` downloads this list from; the copy
+    /// it keeps in `<data_dir>/lists/` then replaces `path` (which stays the
+    /// fallback until a first update succeeds).
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -351,6 +359,10 @@ pub struct RawDns {
     /// How long one query may wait for the upstreams before SERVFAIL (milliseconds).
     #[serde(default = "default_upstream_timeout_ms")]
     pub upstream_timeout_ms: u64,
+    /// Extra CA certificates (PEM) trusted for `tls://` and `https://` upstreams,
+    /// beside the public roots: a school board's own resolvers.
+    #[serde(default)]
+    pub upstream_ca_file: Option<String>,
 }
 
 impl Default for RawDns {
@@ -367,6 +379,7 @@ impl Default for RawDns {
             block_page_ipv6: None,
             log_allowed: false,
             upstream_timeout_ms: default_upstream_timeout_ms(),
+            upstream_ca_file: None,
         }
     }
 }
@@ -677,4 +690,94 @@ pub struct RawAdminRole {
     /// Restricts a director to these networks (schools); empty: all of them.
     #[serde(default)]
     pub networks: Vec<Spanned<String>>,
+}
+
+/// `[lists_update]`: how `vigie lists update` refreshes the lists. Every key has a
+/// default, so an absent table updates the UT1 lists from the university's server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListsUpdate {
+    /// UT1's whole tarball (every category); `""` turns UT1 updates off.
+    #[serde(default = "default_ut1_url")]
+    pub ut1_url: Spanned<String>,
+    /// Where the configuration's UT1 category directories are, relative to
+    /// `lists_dir`: `[[lists]]` of format `ut1` under it are refreshed from the tarball.
+    #[serde(default = "default_ut1_path")]
+    pub ut1_path: Spanned<String>,
+    /// Extra CA certificate(s) (PEM) trusted besides the system's roots: a board's
+    /// TLS-inspecting proxy, a local mirror. Relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// Time to open a TCP + TLS connection to a list server, milliseconds.
+    #[serde(default = "default_update_connect_timeout_ms")]
+    pub connect_timeout_ms: Spanned<u64>,
+    /// Time one download may take from request to last byte, milliseconds.
+    #[serde(default = "default_update_timeout_ms")]
+    pub timeout_ms: Spanned<u64>,
+    /// Largest body accepted from one URL (as transferred), bytes.
+    #[serde(default = "default_update_max_bytes")]
+    pub max_bytes: Spanned<u64>,
+    /// Largest total a tarball may unpack to, bytes (a decompression bomb stops here).
+    #[serde(default = "default_update_max_unpacked_bytes")]
+    pub max_unpacked_bytes: Spanned<u64>,
+    /// Largest share of rejected lines a refreshed list may have (0.05 = 5 %).
+    #[serde(default = "default_update_max_bad_share")]
+    pub max_bad_share: Spanned<f64>,
+    /// Fewest entries a refreshed required list must hold.
+    #[serde(default = "default_update_min_entries")]
+    pub min_entries: Spanned<u64>,
+    /// List sets kept on disk, the one in force included (2: it and the previous).
+    #[serde(default = "default_update_keep")]
+    pub keep: Spanned<u64>,
+}
+
+/// UT1's own download server (Université Toulouse Capitole).
+pub const DEFAULT_UT1_URL: &str =
+    "https://dsi.ut-capitole.fr/blacklists/download/blacklists.tar.gz";
+
+fn default_ut1_url() -> Spanned<String> {
+    Spanned::new(0..0, DEFAULT_UT1_URL.to_string())
+}
+fn default_ut1_path() -> Spanned<String> {
+    Spanned::new(0..0, "ut1".to_string())
+}
+fn default_update_connect_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 10_000)
+}
+// UT1's tarball is ~20 MB: ten minutes is 35 kB/s, a congested school link.
+fn default_update_timeout_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 600_000)
+}
+fn default_update_max_bytes() -> Spanned<u64> {
+    Spanned::new(0..0, 100 * 1024 * 1024)
+}
+// UT1 unpacks to ~300 MB (adult/domains alone is most of it).
+fn default_update_max_unpacked_bytes() -> Spanned<u64> {
+    Spanned::new(0..0, 2 * 1024 * 1024 * 1024)
+}
+fn default_update_max_bad_share() -> Spanned<f64> {
+    Spanned::new(0..0, 0.05)
+}
+fn default_update_min_entries() -> Spanned<u64> {
+    Spanned::new(0..0, 1)
+}
+fn default_update_keep() -> Spanned<u64> {
+    Spanned::new(0..0, 2)
+}
+
+impl Default for RawListsUpdate {
+    fn default() -> Self {
+        RawListsUpdate {
+            ut1_url: default_ut1_url(),
+            ut1_path: default_ut1_path(),
+            ca_file: None,
+            connect_timeout_ms: default_update_connect_timeout_ms(),
+            timeout_ms: default_update_timeout_ms(),
+            max_bytes: default_update_max_bytes(),
+            max_unpacked_bytes: default_update_max_unpacked_bytes(),
+            max_bad_share: default_update_max_bad_share(),
+            min_entries: default_update_min_entries(),
+            keep: default_update_keep(),
+        }
+    }
 }

@@ -395,3 +395,138 @@ networks = [\"10.0.0.0/8\"]
     assert!(all.contains("go together"), "{all}");
     assert!(bad.iter().all(|e| e.starts_with("vigie.toml:")), "{all}");
 }
+
+#[test]
+fn lists_update_urls_are_https_only_and_errors_are_located() {
+    let text = format!(
+        r#"{BASE}
+[lists_update]
+ut1_url = "http://dsi.example.fr/blacklists.tar.gz"
+max_bad_share = 1.5
+
+[[lists]]
+category = "gambling"
+format = "domains"
+path = "extra/gambling.txt"
+url = "http://lists.example/gambling.txt"
+
+[[lists]]
+category = "gambling"
+format = "ut1"
+path = "ut1/gambling"
+url = "https://lists.example/gambling.tar.gz"
+
+[[lists]]
+category = "gambling"
+format = "domains"
+path = "/srv/lists/abs.txt"
+url = "https://lists.example/abs.txt"
+
+[[lists]]
+category = "gambling"
+format = "domains"
+path = "other.txt"
+url = "ftp://lists.example/other.txt"
+"#
+    );
+    let e = errors(&text);
+    let line = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let has = |l: usize, what: &str| {
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with(&format!("vigie.toml:{l}:")) && m.contains(what)),
+            "line {l} \"{what}\" in {e:#?}"
+        )
+    };
+    has(line("http://dsi.example.fr"), "plain http://");
+    has(line("max_bad_share"), "between 0 and 1");
+    has(line("http://lists.example/gambling.txt"), "https:// only");
+    has(
+        line("https://lists.example/gambling.tar.gz"),
+        "refreshed from lists_update.ut1_url",
+    );
+    has(line("/srv/lists/abs.txt"), "relative path");
+    has(line("ftp://"), "not an https:// URL");
+    assert_eq!(e.len(), 6, "{e:#?}");
+}
+
+#[test]
+fn lists_update_targets_and_the_updated_set_overlay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shipped = tmp.path().join("shipped");
+    let text = format!(
+        r#"lists_dir = "{shipped}"
+{BASE}
+
+[[lists]]
+category = "gambling"
+format = "ut1"
+path = "ut1/gambling"
+
+[[lists]]
+category = "social_networks"
+format = "domains"
+path = "social/list.txt"
+url = "https://lists.example/social.txt"
+
+[[lists]]
+category = "social_networks"
+format = "domains"
+path = "own/local.txt"
+"#,
+        shipped = shipped.display()
+    );
+    let mut c = parse(&text, "vigie.toml", tmp.path()).unwrap();
+    let u = &c.lists_update;
+    assert_eq!(u.ut1_url.as_deref(), Some(DEFAULT_UT1_URL));
+    assert_eq!(u.max_bad_share, 0.05);
+    assert_eq!(u.keep, 2);
+    assert_eq!(
+        u.targets
+            .iter()
+            .map(|t| (t.source, t.origin.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (
+                0,
+                UpdateOrigin::Ut1 {
+                    category_dir: "gambling".into()
+                }
+            ),
+            (
+                1,
+                UpdateOrigin::Url("https://lists.example/social.txt".into())
+            ),
+        ]
+    );
+    // A set holding the UT1 category only: that list moves, the url list keeps
+    // its shipped file until a set has it, the list without url never moves.
+    let set = tmp.path().join("set");
+    std::fs::create_dir_all(set.join("ut1/gambling")).unwrap();
+    c.use_lists_set(Some(&set));
+    assert_eq!(c.sources[0].path, set.join("ut1/gambling"));
+    assert_eq!(c.sources[1].path, shipped.join("social/list.txt"));
+    assert_eq!(c.sources[2].path, shipped.join("own/local.txt"));
+    std::fs::create_dir_all(set.join("social")).unwrap();
+    std::fs::write(set.join("social/list.txt"), "x.example\n").unwrap();
+    std::fs::create_dir_all(set.join("own")).unwrap();
+    std::fs::write(set.join("own/local.txt"), "x.example\n").unwrap();
+    c.use_lists_set(Some(&set));
+    assert_eq!(c.sources[1].path, set.join("social/list.txt"));
+    assert_eq!(c.sources[2].path, shipped.join("own/local.txt"));
+    c.use_lists_set(None);
+    assert_eq!(c.sources[0].path, shipped.join("ut1/gambling"));
+    assert_eq!(c.lists_set, None);
+
+    // A data_dir whose `lists/current` names a set: loading reads from it.
+    let data = tmp.path().join("data");
+    let dir = crate::lists::sets::ListsDir::new(&data);
+    let s = dir.create_set(chrono::Utc::now()).unwrap();
+    std::fs::create_dir_all(s.join("ut1/gambling")).unwrap();
+    dir.complete(&s).unwrap();
+    dir.switch_to(Some(&s)).unwrap();
+    let with_data = format!("data_dir = \"{}\"\n{text}", data.display());
+    let c = parse(&with_data, "vigie.toml", tmp.path()).unwrap();
+    assert_eq!(c.lists_set.as_deref(), Some(s.as_path()));
+    assert_eq!(c.sources[0].path, s.join("ut1/gambling"));
+}

@@ -99,6 +99,7 @@ mod cache;
 pub mod domain;
 pub mod ip;
 mod parse;
+pub mod sets;
 pub mod url;
 
 pub use domain::{DomainHit, DomainMatch, DomainSet, normalize_host};
@@ -222,6 +223,15 @@ const UT1_FILES: [(&str, Role); 5] = [
     ("expressions", Role::Expressions),
     ("very_restrictive_expression", Role::Expressions),
     ("usage", Role::Usage),
+];
+
+/// The file names a UT1 category directory may hold (what an update unpacks).
+pub const UT1_FILE_NAMES: [&str; 5] = [
+    UT1_FILES[0].0,
+    UT1_FILES[1].0,
+    UT1_FILES[2].0,
+    UT1_FILES[3].0,
+    UT1_FILES[4].0,
 ];
 
 /// The files of a source, as opened before anything is parsed.
@@ -419,6 +429,12 @@ impl Lists {
     /// Approximate heap bytes of the compiled structures.
     pub fn memory_bytes(&self) -> usize {
         self.domains.memory_bytes() + self.urls.memory_bytes() + self.ips.memory_bytes()
+    }
+
+    /// The compiled-domain cache file `compile` reads and writes in `cache_dir`
+    /// (`vigie lists update` moves a freshly verified one into place).
+    pub fn cache_file(cache_dir: &Path) -> PathBuf {
+        cache::path(cache_dir)
     }
 }
 
