@@ -55,6 +55,7 @@ fn bench(c: &mut Criterion) {
         let ups = Upstreams::new(
             vec![upstream::parse_spec("127.0.0.1:9").unwrap()],
             Duration::from_millis(50),
+            None,
         )
         .unwrap();
         let (audit, rx) = AuditSink::channel(65_536);

@@ -37,7 +37,7 @@ fn env() -> &'static Env {
         // The handler's pool needs a runtime to exist; prepare() never uses the network.
         let handler = rt.block_on(async {
             let specs = vec![upstream::parse_spec("127.0.0.1:9").unwrap()];
-            let ups = Upstreams::new(specs, Duration::from_millis(100)).unwrap();
+            let ups = Upstreams::new(specs, Duration::from_millis(100), None).unwrap();
             let (audit, _rx) = AuditSink::channel(1024);
             Handler::new(
                 store,

@@ -105,7 +105,11 @@ pub fn setup(
 ) -> Result<(Arc<Handler>, Listeners), DnsError> {
     let snap = store.load();
     let specs = upstream_specs(cli_upstreams, &snap, listen)?;
-    let upstreams = Upstreams::new(specs, snap.config.dns.upstream_timeout)?;
+    let upstreams = Upstreams::new(
+        specs,
+        snap.config.dns.upstream_timeout,
+        snap.config.dns.upstream_ca_file.as_deref(),
+    )?;
     let options = handler_options(&snap, listen);
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())

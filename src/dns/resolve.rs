@@ -226,7 +226,7 @@ mod tests {
         cfg.sources.clear();
         let snap = Snapshot::build(cfg, None).unwrap_or_else(|e| panic!("{e}"));
         let spec: UpstreamSpec = upstream::parse_spec(&upstream.to_string()).unwrap();
-        let ups = Upstreams::new(vec![spec], Duration::from_secs(2)).unwrap();
+        let ups = Upstreams::new(vec![spec], Duration::from_secs(2), None).unwrap();
         let (audit, _rx) = AuditSink::channel(16);
         Arc::new(Handler::new(
             Arc::new(SnapshotStore::new(snap)),

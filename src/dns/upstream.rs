@@ -175,7 +175,12 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// Builds the pool; `timeout` bounds one query across every upstream tried.
-    pub fn new(specs: Vec<UpstreamSpec>, timeout: Duration) -> Result<Upstreams, UpstreamError> {
+    /// `ca_file`: extra CAs trusted for `tls://` and `https://` upstreams.
+    pub fn new(
+        specs: Vec<UpstreamSpec>,
+        timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Upstreams, UpstreamError> {
         if specs.is_empty() {
             return Err(UpstreamError::None);
         }
@@ -210,7 +215,10 @@ impl Upstreams {
             c
         });
         let configs: Vec<NameServerConfig> = configs.collect();
-        let tls = TlsConfig::new().map_err(|e| UpstreamError::Tls(e.to_string()))?;
+        let tls = TlsConfig {
+            config: crate::tls_roots::client_config(ca_file, "dns.upstream_ca_file")
+                .map_err(UpstreamError::Tls)?,
+        };
         let cx = Arc::new(PoolContext::new(opts, tls));
         let pool = NameServerPool::from_config(configs, cx, TokioRuntimeProvider::default());
         Ok(Upstreams {

@@ -158,31 +158,15 @@ impl LdapAuthenticator {
         Ok(ldap)
     }
 
-    /// A TLS client trusting the certificates of `ca` (a school's own CA).
+    /// A TLS client trusting the certificates of `ca` (a school's own CA) beside
+    /// the system's roots.
     fn tls_config(
         &self,
         ca: &std::path::Path,
     ) -> Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>, LdapError> {
-        use tokio_rustls::rustls;
-        use tokio_rustls::rustls::pki_types::CertificateDer;
-        use tokio_rustls::rustls::pki_types::pem::PemObject;
-        let bad = |m: String| self.server_err(format!("ca_file {}: {m}", ca.display()));
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
-            roots
-                .add(cert.map_err(|e| bad(e.to_string()))?)
-                .map_err(|e| bad(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(bad("no certificate".into()));
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| bad(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(std::sync::Arc::new(config))
+        crate::tls_roots::client_config(Some(ca), "ldap.ca_file")
+            .map(std::sync::Arc::new)
+            .map_err(|e| self.server_err(e))
     }
 
     fn give_back(&self, conn: Ldap) {
