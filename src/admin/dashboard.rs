@@ -22,7 +22,7 @@ use serde::Deserialize;
 use super::layout::tr;
 use super::session::Session;
 use super::{Admin, Role, Routes};
-use crate::audit::store::{BlockFilter, Dimension, Period};
+use crate::audit::store::{BlockFilter, CIRCUMVENTION_SEP, Dimension, Period};
 use crate::i18n::Lang;
 use crate::proxy::pages::query_escape;
 
@@ -76,6 +76,8 @@ struct Numbers {
     categories: Vec<(String, u64)>,
     domains: Vec<(String, u64)>,
     profiles: Vec<(String, u64)>,
+    /// `category · detection` of circumvention blocks.
+    circumvention: Vec<(String, u64)>,
     users: Vec<(String, u64)>,
     /// Per network (school): its label and its blocks.
     networks: Vec<(String, String, u64)>,
@@ -137,6 +139,7 @@ async fn dashboard(
             let categories = st.blocks_matching(Dimension::Category, period, 20, &f)?;
             let domains = st.blocks_matching(Dimension::Domain, period, 20, &f)?;
             let profiles = st.blocks_matching(Dimension::Profile, period, 20, &f)?;
+            let circumvention = st.blocks_matching(Dimension::Circumvention, period, 20, &f)?;
             let mut users = st.blocks_matching(Dimension::User, period, 10, &f)?;
             if let Some(p) = &pseudo {
                 users = users.into_iter().map(|(u, n)| (p.name(&u), n)).collect();
@@ -159,6 +162,7 @@ async fn dashboard(
                 categories,
                 domains,
                 profiles,
+                circumvention,
                 users,
                 networks,
             })
@@ -284,6 +288,20 @@ async fn dashboard(
                             tr { td { (p) } td.n { a href=(q.link("profile", Some(p))) { (n) } } }
                         }
                     }))
+                }
+                @if !numbers.circumvention.is_empty() {
+                    section #circumvention {
+                        h2 { (tr(lang, "Tentatives de contournement", "Circumvention attempts")) }
+                        (table(tr(lang, "P2P, Tor, RPV et tunnels, DNS chiffré : ce qui a été détecté", "P2P, Tor, VPNs and tunnels, encrypted DNS: what was detected"), tr(lang, "Catégorie · détection", "Category · detection"), html! {
+                            @for (k, n) in &numbers.circumvention {
+                                @let (cat, what) = k.split_once(CIRCUMVENTION_SEP).unwrap_or((k.as_str(), ""));
+                                tr {
+                                    td { (cat_label(cat)) " · " code { (what) } }
+                                    td.n { a href=(q.link("category", Some(cat))) { (n) } }
+                                }
+                            }
+                        }))
+                    }
                 }
                 @if !numbers.networks.is_empty() {
                     section {

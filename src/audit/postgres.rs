@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS vigie_history_access (
 );
 ";
 
-const COLUMNS: &str = "id, time_ms, service, client_ip, username, profile, target, host, verdict, category, rule, entry, reference";
+const COLUMNS: &str = "id, time_ms, service, client_ip, username, profile, target, host, verdict, category, rule, entry, reference, proxy";
 
 pub struct PgStore {
     client: Client,
@@ -71,6 +71,7 @@ fn row_to_event(r: &postgres::Row) -> Result<StoredEvent, postgres::Error> {
         rule: r.try_get(10)?,
         entry: r.try_get(11)?,
         reference: r.try_get(12)?,
+        proxy: super::store::proxy_json(r.try_get(13)?),
     })
 }
 
@@ -180,20 +181,22 @@ impl Store for PgStore {
         limit: usize,
         filter: &BlockFilter,
     ) -> Result<Vec<(String, u64)>, StoreError> {
+        let (circ_key, circ_only) = Dimension::circumvention_sql();
         let (key, order) = match dim {
             Dimension::User => ("username", "n DESC, k"),
             Dimension::Category => ("COALESCE(category, '')", "n DESC, k"),
             Dimension::Domain => ("host", "n DESC, k"),
             Dimension::Profile => ("profile", "n DESC, k"),
+            Dimension::Circumvention => (circ_key.as_str(), "n DESC, k"),
             Dimension::Hour => (
                 "to_char(date_trunc('hour', to_timestamp(time_ms / 1000.0) AT TIME ZONE 'UTC'), 'YYYY-MM-DD\"T\"HH24:00:00\"Z\"')",
                 "k",
             ),
         };
-        let only_users = if dim == Dimension::User {
-            " AND username IS NOT NULL"
-        } else {
-            ""
+        let only_users = match dim {
+            Dimension::User => " AND username IS NOT NULL",
+            Dimension::Circumvention => circ_only.as_str(),
+            _ => "",
         };
         let sql = format!(
             "SELECT {key} AS k, COUNT(*) AS n FROM vigie_events

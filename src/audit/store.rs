@@ -91,6 +91,33 @@ pub enum Dimension {
     /// The identified person (anonymous requests left out). Shown pseudonymised
     /// where `[audit] pseudonymize` says so: see `audit::aggregate`.
     User,
+    /// Circumvention attempts: blocks in the categories of [`CIRCUMVENTION`], keyed
+    /// `category · what was detected` (`p2p · bittorrent`, `tor · 192.0.2.7/32`).
+    Circumvention,
+}
+
+/// The categories whose blocks are circumvention attempts (P2P, Tor, VPNs and
+/// tunnels, encrypted DNS), for the dashboard.
+pub const CIRCUMVENTION: &[&str] = &["p2p", "tor", "vpn", "doh"];
+
+/// Separates category and detection in a [`Dimension::Circumvention`] key.
+pub const CIRCUMVENTION_SEP: &str = " · ";
+
+impl Dimension {
+    /// The grouping key's SQL (the same in SQLite and PostgreSQL) and the extra
+    /// condition the dimension adds, except for `User` and `Hour` whose spelling
+    /// differs between the two.
+    pub(crate) fn circumvention_sql() -> (String, String) {
+        let list = CIRCUMVENTION
+            .iter()
+            .map(|c| format!("'{c}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        (
+            format!("category || '{CIRCUMVENTION_SEP}' || COALESCE(entry, '')"),
+            format!(" AND category IN ({list})"),
+        )
+    }
 }
 
 /// Which blocked requests an aggregate counts: a director's schools (client
@@ -146,6 +173,15 @@ pub struct StoredEvent {
     pub rule: String,
     pub entry: Option<String>,
     pub reference: Option<String>,
+    /// The proxy's part of the record (method, port, path, status, bytes, SNI, the
+    /// protocol detected…), as stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<serde_json::Value>,
+}
+
+/// The stored proxy part, back as JSON (None for DNS events).
+pub(crate) fn proxy_json(text: Option<String>) -> Option<serde_json::Value> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
 }
 
 /// Who reads a person's history, and why: both are recorded.
@@ -401,20 +437,22 @@ impl Store for SqliteStore {
         limit: usize,
         filter: &BlockFilter,
     ) -> Result<Vec<(String, u64)>, StoreError> {
+        let (circ_key, circ_only) = Dimension::circumvention_sql();
         let (key, order) = match dim {
             Dimension::User => ("user", "n DESC, k"),
             Dimension::Category => ("COALESCE(category, '')", "n DESC, k"),
             Dimension::Domain => ("host", "n DESC, k"),
             Dimension::Profile => ("profile", "n DESC, k"),
+            Dimension::Circumvention => (circ_key.as_str(), "n DESC, k"),
             Dimension::Hour => (
                 "strftime('%Y-%m-%dT%H:00:00Z', time_ms / 1000, 'unixepoch')",
                 "k",
             ),
         };
-        let only_users = if dim == Dimension::User {
-            " AND user IS NOT NULL"
-        } else {
-            ""
+        let only_users = match dim {
+            Dimension::User => " AND user IS NOT NULL",
+            Dimension::Circumvention => circ_only.as_str(),
+            _ => "",
         };
         let sql = format!(
             "SELECT {key} AS k, COUNT(*) AS n FROM events
@@ -543,7 +581,7 @@ impl Store for SqliteStore {
     }
 }
 
-const COLUMNS: &str = "id, time_ms, service, client_ip, user, profile, target, host, verdict, category, rule, entry, reference";
+const COLUMNS: &str = "id, time_ms, service, client_ip, user, profile, target, host, verdict, category, rule, entry, reference, proxy";
 
 fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     Ok(StoredEvent {
@@ -560,6 +598,7 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
         rule: r.get(10)?,
         entry: r.get(11)?,
         reference: r.get(12)?,
+        proxy: proxy_json(r.get(13)?),
     })
 }
 
@@ -617,6 +656,45 @@ pub mod conformance {
         aggregates_over_a_period(store);
         history_needs_a_reason_and_is_itself_recorded(store);
         reference_lookup_and_purge(store);
+        circumvention_attempts(store);
+    }
+
+    /// Five days after `day()`: blocks in the circumvention categories, counted by
+    /// what was detected; other blocks left out.
+    fn circumvention_attempts(s: &mut dyn Store) {
+        let later = 5 * 24 * 60;
+        let with_entry = |category: &str, entry: &str| {
+            let mut e = event(later, None, "203.0.113.9", "block", Some(category));
+            e.entry = Some(entry.to_string());
+            e
+        };
+        s.insert_batch(&[
+            with_entry("p2p", "bittorrent"),
+            with_entry("p2p", "bittorrent"),
+            with_entry("vpn", "ssh"),
+            with_entry("tor", "203.0.113.40/32"),
+            with_entry("gambling", "casino.example"),
+            event(later, None, "x.example", "allow", Some("p2p")),
+        ])
+        .unwrap();
+        let period = Period {
+            from: day().from + chrono::Duration::days(5),
+            to: day().to + chrono::Duration::days(5),
+        };
+        assert_eq!(
+            s.blocks_matching(
+                Dimension::Circumvention,
+                period,
+                10,
+                &BlockFilter::default()
+            )
+            .unwrap(),
+            vec![
+                ("p2p · bittorrent".to_string(), 2),
+                ("tor · 203.0.113.40/32".to_string(), 1),
+                ("vpn · ssh".to_string(), 1),
+            ]
+        );
     }
 
     /// Three days after `day()`, so the other checks' counts are untouched.
@@ -801,6 +879,11 @@ pub mod conformance {
         let found = s.by_reference("R-7F3A").unwrap().unwrap();
         assert_eq!(found.host, "blocked.example");
         assert_eq!(found.category.as_deref(), Some("adult"));
+        let proxy = found.proxy.expect("the proxy part comes back");
+        assert_eq!(
+            (proxy["method"].as_str(), proxy["status"].as_u64()),
+            (Some("GET"), Some(403))
+        );
         assert!(s.by_reference("nope").unwrap().is_none());
         let cutoff = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
         assert_eq!(s.purge(cutoff).unwrap(), 1);

@@ -227,6 +227,9 @@ impl Handler {
     /// Everything that can be answered without the network.
     pub fn prepare(&self, packet: &[u8], client: IpAddr, transport: Transport) -> Prepared {
         let started = Instant::now();
+        // A dual-stack listener (`[::]:53`) sees IPv4 clients as `::ffff:a.b.c.d`:
+        // the rate limit, the identity and the audit record use the IPv4 address.
+        let client = client.to_canonical();
         match transport {
             Transport::Udp => HOT.queries_udp.inc(),
             Transport::Tcp => HOT.queries_tcp.inc(),
