@@ -59,6 +59,25 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     metrics::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vigie")
+        .build()
+        .context("cannot start the async runtime")?;
+    // SIGHUP's default action kills the process: its handler goes in before the
+    // lists are loaded (seconds for big lists), so a `systemctl reload` or a
+    // `vigie lists update` during the start is a reload, not a crash.
+    #[cfg(unix)]
+    let hup = {
+        let _rt = runtime.enter();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("cannot watch SIGHUP: {e}");
+                None
+            }
+        }
+    };
     let cache_dir = opts.data_dir.as_ref().map(|d| d.join("cache"));
     let snapshot = Snapshot::load(opts.config.as_deref(), cache_dir.as_deref())?;
     publish_snapshot_metrics(&snapshot);
@@ -70,12 +89,14 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         snapshot.build_time,
         snapshot.config.origin
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("vigie")
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve(opts, snapshot, cache_dir, run_as))
+    runtime.block_on(serve(
+        opts,
+        snapshot,
+        cache_dir,
+        run_as,
+        #[cfg(unix)]
+        hup,
+    ))
 }
 
 async fn serve(
@@ -83,6 +104,7 @@ async fn serve(
     snapshot: Snapshot,
     cache_dir: Option<PathBuf>,
     run_as: Option<crate::privileges::RunAs>,
+    #[cfg(unix)] hup: Option<tokio::signal::unix::Signal>,
 ) -> anyhow::Result<()> {
     let store = Arc::new(SnapshotStore::new(snapshot));
     let cancel = CancellationToken::new();
@@ -244,6 +266,8 @@ async fn serve(
         store.clone(),
         opts.config.clone(),
         cache_dir,
+        #[cfg(unix)]
+        hup,
         cancel.clone(),
     ));
 
@@ -694,19 +718,12 @@ async fn reload_loop(
     store: Arc<SnapshotStore>,
     config: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
+    #[cfg(unix)] mut hup: Option<tokio::signal::unix::Signal>,
     cancel: CancellationToken,
 ) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut paths = watched_paths(config.as_deref(), &store.load());
     let mut _watcher = watch(&paths, tx.clone());
-    #[cfg(unix)]
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("cannot watch SIGHUP: {e}");
-            None
-        }
-    };
     loop {
         let by_signal = async {
             #[cfg(unix)]

@@ -181,3 +181,58 @@ fn dns_reload_under_load_accepts_rejects_and_never_drops_a_query() {
     );
     assert!(v.stop().success());
 }
+
+/// A reload asked for while vigie is still loading its lists (a `systemctl reload`
+/// or a `vigie lists update` right after a restart) must not kill it: SIGHUP's
+/// default action would.
+#[test]
+fn sighup_during_the_start_is_not_fatal() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    // The embedded default config: every shipped list, a start of about a second.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigie"))
+        .args(["run", "--user", "root", "--dns-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0"])
+        .args(["--upstream", "127.0.0.1:9"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Past the process's first moments (before `run` nothing can catch it), a
+    // SIGHUP every 20 ms until the ready line, bounded.
+    std::thread::sleep(Duration::from_millis(150));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0;
+    let ready = loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(line) if line.starts_with("vigie ready:") => break true,
+            Ok(_) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break false,
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        let _ = Command::new("kill").args(["-HUP", &pid]).status();
+        sent += 1;
+    };
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(sent > 0, "no SIGHUP was sent before the ready line");
+    assert!(ready && alive, "vigie died after {sent} SIGHUPs during its start");
+}
