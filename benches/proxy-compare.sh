@@ -14,9 +14,10 @@
 #   - CONNECT tunnel throughput of a 1 GiB HTTPS download (curl), against the same
 #     download straight from nginx;
 #   - RSS per idle connection, with IDLE idle client connections held open;
-#   - p50/p99 at half of the proxy's own peak rate (paced: PACED_GAP_MS between the
-#     requests of each connection), and straight to nginx at the same rate: the
-#     latency the proxy adds when it is not saturated.
+#   - p50/p99 at half of the proxy's own peak rate, open loop (benches/openloop.rs:
+#     requests sent on schedule over OPEN_CONNS connections, latency from when each
+#     was due), and straight to nginx at the same rate: the latency the proxy adds
+#     when it is not saturated.
 # `vigie` records every request in its SQLite audit store (the product's default);
 # `vigie_noaudit` is the same binary with `[audit] store = "none"` and allowed
 # requests not recorded, so the cost of the audit trail shows.
@@ -40,7 +41,7 @@ IDLE=${IDLE:-10000}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 SERVERS=${SERVERS:-"vigie vigie_noaudit squid e2guardian"}
-PACED_GAP_MS=${PACED_GAP_MS:-10}
+OPEN_CONNS=${OPEN_CONNS:-64}
 ORIGIN_PORT=18081
 ORIGIN_TLS_PORT=18443
 declare -A PORT=([vigie]=3401 [squid]=3402 [e2guardian]=3403 [vigie_noaudit]=3404)
@@ -78,6 +79,16 @@ if [ -z "${VIGIE:-}" ]; then
   (cd "$ROOT" && cargo build --release --bin vigie >&2)
   VIGIE=$ROOT/target/release/vigie
 fi
+# The open-loop client (benches/openloop.rs), built in the bench profile.
+if [ -z "${OPENLOOP:-}" ]; then
+  OPENLOOP=$(cd "$ROOT" && cargo bench --bench openloop --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "openloop" and m.get("executable"):
+        print(m["executable"])')
+fi
+[ -x "$OPENLOOP" ] || { echo "cannot build benches/openloop.rs" >&2; exit 1; }
 
 # ---- the origin: nginx, 1 KiB over HTTP, 1 GiB over HTTPS ----
 mkdir -p "$OUT/www" "$OUT/nginx"
@@ -193,19 +204,17 @@ wrk_run() { # conns url [script]
   [ -n "${3:-}" ] && script=(-s "$3")
   taskset -c "$CLIENT_CPU" wrk -t1 -c"$1" -d"${DURATION}s" --latency "${script[@]}" "$2" 2>&1
 }
-# Paced load at about `rate` requests/s: each connection waits PACED_GAP_MS after
-# each response (wrk's delay()), with rate × gap connections. Open-loop tools (wrk2)
-# are not packaged; at half of peak the response time is small next to the gap, so
-# the achieved rate (printed) stays close to the asked one.
-paced_run() { # rate url [absolute-form: yes]
-  local conns=$(( ($1 * PACED_GAP_MS + 999) / 1000 ))
-  [ "$conns" -lt 1 ] && conns=1
-  local lua=$OUT/paced.lua
-  {
-    if [ "${3:-}" = yes ]; then cat "$OUT/abs.lua"; fi
-    echo "function delay() return $PACED_GAP_MS end"
-  } >"$lua"
-  wrk_run "$conns" "$2" "$lua"
+# Open-loop load at a fixed rate (benches/openloop.rs; wrk is closed-loop and wrk2
+# is not packaged): requests leave on schedule whatever the answers, over OPEN_CONNS
+# keep-alive connections, and latency counts from when each was due.
+open_run() { # rate [proxy port] → "sent … p50_us … p99_us …"
+  local via=()
+  [ -n "${2:-}" ] && via=(--proxy "127.0.0.1:$2")
+  taskset -c "$CLIENT_CPU" "$OPENLOOP" --rate "$1" --secs "$DURATION" --conns "$OPEN_CONNS" \
+    --url "http://localhost:$ORIGIN_PORT/1k" "${via[@]}"
+}
+ofield() { # openloop output, key (p50_us, p99_us, p999_us, errors) → number
+  awk -v k="$2" '{for (i = 1; i < NF; i++) if ($i == k) print $(i + 1)}' <<<"$1"
 }
 field() { # wrk output, what: rps|p50|p99 → number (µs for latencies)
   case $2 in
@@ -227,7 +236,7 @@ time.sleep(4)
 EOF
 }
 
-declare -A RPS P50 P99 LP50 LP99 LOAD TPUT IDLE_KIB CPU_US HRATE HP50 HP99 DP99
+declare -A RPS P50 P99 LP50 LP99 LOAD TPUT IDLE_KIB CPU_US HRATE HP50 HP99 DP50 DP99 HERR
 direct=$(wrk_run "$CONNS" "http://localhost:$ORIGIN_PORT/1k")
 RPS[direct]=$(field "$direct" rps)
 light=$(wrk_run "$LIGHT_CONNS" "http://localhost:$ORIGIN_PORT/1k")
@@ -281,11 +290,13 @@ for s in $SERVERS; do
   LP50[$s]=$(field "$light" p50); LP99[$s]=$(field "$light" p99)
   half=$(( ${RPS[$s]:-0} / 2 ))
   if [ "$half" -gt 0 ]; then
-    paced=$(paced_run "$half" "http://127.0.0.1:$port/" yes)
-    HRATE[$s]=$(field "$paced" rps); HP50[$s]=$(field "$paced" p50); HP99[$s]=$(field "$paced" p99)
-    # nginx alone at the same rate: what the proxy adds is the difference.
-    paced=$(paced_run "$half" "http://localhost:$ORIGIN_PORT/1k")
-    DP99[$s]=$(field "$paced" p99)
+    # nginx alone at the same rate, just before: what the proxy adds is the difference.
+    o=$(open_run "$half")
+    DP50[$s]=$(ofield "$o" p50_us); DP99[$s]=$(ofield "$o" p99_us)
+    o=$(open_run "$half" "$port")
+    echo "   ½ peak via $s: $o" >&2
+    HRATE[$s]=$half; HP50[$s]=$(ofield "$o" p50_us); HP99[$s]=$(ofield "$o" p99_us)
+    HERR[$s]=$(ofield "$o" errors)
   fi
   TPUT[$s]=$(taskset -c "$CLIENT_CPU" curl -sk -x "http://127.0.0.1:$port" -o /dev/null -w '%{speed_download}' \
     "https://localhost:$ORIGIN_TLS_PORT/1g" | cut -d. -f1 || echo 0)
@@ -308,11 +319,13 @@ for s in $SERVERS; do
 done
 
 # ---- report ----
-printf '\n| server | load s | req/s (c=%s) | CPU µs/req | p50 µs | p99 µs | p50 µs (c=%s) | p99 µs (c=%s) | CONNECT MB/s | KiB/idle conn | ½-peak req/s | p50/p99 µs at ½ peak | nginx p99 µs at that rate |\n' "$CONNS" "$LIGHT_CONNS" "$LIGHT_CONNS"
-printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
-printf '| direct (nginx) | | %s | | | | %s | %s | %s | | | | |\n' "${RPS[direct]}" "${LP50[direct]}" "${LP99[direct]}" "$((${TPUT[direct]:-0} / 1000000))"
+printf '\n| server | load s | req/s (c=%s) | CPU µs/req | p50 µs | p99 µs | p50 µs (c=%s) | p99 µs (c=%s) | CONNECT MB/s | KiB/idle conn | ½-peak req/s (open loop) | p50/p99 µs at ½ peak | nginx alone p50/p99 µs at that rate | p99 added µs |\n' "$CONNS" "$LIGHT_CONNS" "$LIGHT_CONNS"
+printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
+printf '| direct (nginx) | | %s | | | | %s | %s | %s | | | | | |\n' "${RPS[direct]}" "${LP50[direct]}" "${LP99[direct]}" "$((${TPUT[direct]:-0} / 1000000))"
 for s in $SERVERS; do
   [ -n "${RPS[$s]:-}" ] || continue
-  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s |\n' "$s" "${LOAD[$s]}" "${RPS[$s]}" "${CPU_US[$s]}" "${P50[$s]}" "${P99[$s]}" \
-    "${LP50[$s]}" "${LP99[$s]}" "$((${TPUT[$s]:-0} / 1000000))" "${IDLE_KIB[$s]}" "${HRATE[$s]:-}" "${HP50[$s]:-}" "${HP99[$s]:-}" "${DP99[$s]:-}"
+  added=""
+  [ -n "${HP99[$s]:-}" ] && [ -n "${DP99[$s]:-}" ] && added=$(( HP99[$s] - DP99[$s] ))
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s |\n' "$s" "${LOAD[$s]}" "${RPS[$s]}" "${CPU_US[$s]}" "${P50[$s]}" "${P99[$s]}" \
+    "${LP50[$s]}" "${LP99[$s]}" "$((${TPUT[$s]:-0} / 1000000))" "${IDLE_KIB[$s]}" "${HRATE[$s]:-}" "${HP50[$s]:-}" "${HP99[$s]:-}" "${DP50[$s]:-}" "${DP99[$s]:-}" "$added"
 done

@@ -1,0 +1,253 @@
+//! An open-loop HTTP/1.1 load generator for benches/proxy-compare.sh: requests are
+//! sent at a fixed rate whatever the server's response times (wrk is closed-loop: a
+//! slow answer delays the next request, which hides queueing — "coordinated
+//! omission"). Latency counts from the moment a request was due, so time spent
+//! waiting for a free connection is counted too.
+//!
+//!   cargo bench --bench openloop -- --rate 10000 --secs 10 --conns 64 \
+//!       --url http://localhost:18081/1k [--proxy 127.0.0.1:3401]
+//!
+//! Prints one line (rate = the offered rate): `sent N ok N errors N rate R p50_us X p90_us X p99_us X p999_us X
+//! max_us X`. Loopback only; bounded by `--secs` (plus 5 s for the last answers).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+
+struct Args {
+    rate: f64,
+    secs: f64,
+    conns: usize,
+    url: String,
+    proxy: Option<SocketAddr>,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        rate: 1000.0,
+        secs: 10.0,
+        conns: 64,
+        url: String::new(),
+        proxy: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().ok_or(format!("{k} needs a value"));
+        match k.as_str() {
+            "--rate" => a.rate = v()?.parse().map_err(|e| format!("--rate: {e}"))?,
+            "--secs" => a.secs = v()?.parse().map_err(|e| format!("--secs: {e}"))?,
+            "--conns" => a.conns = v()?.parse().map_err(|e| format!("--conns: {e}"))?,
+            "--url" => a.url = v()?,
+            "--proxy" => a.proxy = Some(v()?.parse().map_err(|e| format!("--proxy: {e}"))?),
+            // `cargo bench` passes `--bench`; nothing else is expected.
+            "--bench" => {}
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if a.url.is_empty() || a.rate <= 0.0 || a.conns == 0 || a.secs <= 0.0 {
+        return Err("usage: openloop --rate R --secs S --conns C --url URL [--proxy ADDR]".into());
+    }
+    Ok(a)
+}
+
+/// Where to connect and what to send: straight to the URL's host (origin-form) or
+/// to the proxy (absolute-form).
+fn target(a: &Args) -> Result<(SocketAddr, hyper::Uri, String), String> {
+    let uri: hyper::Uri = a.url.parse().map_err(|e| format!("--url: {e}"))?;
+    let auth = uri.authority().ok_or("--url needs a host")?.clone();
+    let host = auth.as_str().to_string();
+    let connect = match a.proxy {
+        Some(p) => p,
+        None => {
+            let h = if auth.host() == "localhost" {
+                "127.0.0.1"
+            } else {
+                auth.host()
+            };
+            format!("{h}:{}", auth.port_u16().unwrap_or(80))
+                .parse()
+                .map_err(|e| format!("--url host: {e}"))?
+        }
+    };
+    let send: hyper::Uri = if a.proxy.is_some() {
+        uri
+    } else {
+        uri.path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .parse()
+            .map_err(|e| format!("--url path: {e}"))?
+    };
+    Ok((connect, send, host))
+}
+
+/// One keep-alive connection answering the due times it is handed; gives back the
+/// latency of each (µs; `u64::MAX` for an error) and says when it is free again.
+async fn worker(
+    id: usize,
+    connect: SocketAddr,
+    uri: hyper::Uri,
+    host: String,
+    mut work: mpsc::UnboundedReceiver<Instant>,
+    free: mpsc::UnboundedSender<usize>,
+) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut conn: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> = None;
+    while let Some(due) = work.recv().await {
+        let mut ok = false;
+        for _attempt in 0..2 {
+            if conn.as_ref().is_none_or(|c| c.is_closed()) {
+                conn = None;
+                let Ok(tcp) = tokio::net::TcpStream::connect(connect).await else {
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let Ok((send, c)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await
+                else {
+                    continue;
+                };
+                tokio::spawn(c);
+                conn = Some(send);
+            }
+            let Some(send) = conn.as_mut() else { continue };
+            if send.ready().await.is_err() {
+                conn = None;
+                continue;
+            }
+            let req = Request::get(uri.clone())
+                .header(hyper::header::HOST, host.as_str())
+                .body(Empty::<Bytes>::new());
+            let Ok(req) = req else { break };
+            match send.send_request(req).await {
+                Ok(resp) if resp.status().is_success() => {
+                    ok = resp.into_body().collect().await.is_ok();
+                    break;
+                }
+                Ok(_) => break,
+                Err(_) => conn = None,
+            }
+        }
+        out.push(if ok {
+            due.elapsed().as_micros() as u64
+        } else {
+            u64::MAX
+        });
+        if free.send(id).is_err() {
+            break;
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn main() {
+    let a = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("openloop: {e}");
+            std::process::exit(2);
+        }
+    };
+    let (connect, uri, host) = match target(&a) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("openloop: {e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    rt.block_on(async move {
+        let (free_tx, mut free_rx) = mpsc::unbounded_channel::<usize>();
+        let mut work = Vec::new();
+        let mut handles = Vec::new();
+        for id in 0..a.conns {
+            let (tx, rx) = mpsc::unbounded_channel();
+            work.push(tx);
+            handles.push(tokio::spawn(worker(
+                id,
+                connect,
+                uri.clone(),
+                host.clone(),
+                rx,
+                free_tx.clone(),
+            )));
+            let _ = free_tx.send(id);
+        }
+        drop(free_tx);
+        let total = (a.rate * a.secs) as u64;
+        let start = Instant::now() + Duration::from_millis(100);
+        let due_at = |i: u64| start + Duration::from_secs_f64(i as f64 / a.rate);
+        let mut next = 0u64;
+        let mut backlog: std::collections::VecDeque<Instant> = Default::default();
+        // Idle connections.
+        let mut pool: Vec<usize> = Vec::new();
+        let mut tick = tokio::time::interval_at(start.into(), Duration::from_micros(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let deadline = due_at(total) + Duration::from_secs(5);
+        while next < total || !backlog.is_empty() {
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    while next < total && due_at(next) <= now {
+                        backlog.push_back(due_at(next));
+                        next += 1;
+                    }
+                }
+                Some(id) = free_rx.recv() => {
+                    // A free connection: back in the pool below.
+                    if let Some(due) = backlog.pop_front() {
+                        let _ = work[id].send(due);
+                    } else {
+                        pool.push(id);
+                    }
+                }
+            }
+            // Hand what is due to the idle connections.
+            while !backlog.is_empty() {
+                let Some(id) = pool.pop() else { break };
+                if let Some(due) = backlog.pop_front() {
+                    let _ = work[id].send(due);
+                }
+            }
+        }
+        drop(work);
+        let mut lat = Vec::new();
+        for h in handles {
+            if let Ok(v) = tokio::time::timeout(Duration::from_secs(6), h).await {
+                lat.extend(v.unwrap_or_default());
+            }
+        }
+        let errors = lat.iter().filter(|&&l| l == u64::MAX).count();
+        let mut ok: Vec<u64> = lat.into_iter().filter(|&l| l != u64::MAX).collect();
+        ok.sort_unstable();
+        println!(
+            "sent {} ok {} errors {errors} rate {:.0} p50_us {} p90_us {} p99_us {} p999_us {} max_us {}",
+            next,
+            ok.len(),
+            a.rate,
+            percentile(&ok, 0.50),
+            percentile(&ok, 0.90),
+            percentile(&ok, 0.99),
+            percentile(&ok, 0.999),
+            ok.last().copied().unwrap_or(0),
+        );
+    });
+}
