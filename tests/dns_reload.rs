@@ -193,7 +193,12 @@ fn sighup_during_the_start_is_not_fatal() {
     // The embedded default config: every shipped list, a start of about a second.
     let mut child = Command::new(env!("CARGO_BIN_EXE_vigie"))
         .args(["run", "--user", "root", "--dns-listen", "127.0.0.1:0"])
-        .args(["--admin-listen", "127.0.0.1:0", "--proxy-listen", "127.0.0.1:0"])
+        .args([
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--proxy-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--upstream", "127.0.0.1:9"])
         .arg("--data-dir")
         .arg(dir.path())
@@ -206,7 +211,10 @@ fn sighup_during_the_start_is_not_fatal() {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 return;
             }
@@ -234,5 +242,8 @@ fn sighup_during_the_start_is_not_fatal() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(sent > 0, "no SIGHUP was sent before the ready line");
-    assert!(ready && alive, "vigie died after {sent} SIGHUPs during its start");
+    assert!(
+        ready && alive,
+        "vigie died after {sent} SIGHUPs during its start"
+    );
 }
