@@ -105,15 +105,7 @@ impl ListServer {
         )
         .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (rt, listener, addr) = common::server_runtime();
         let routes: Arc<Mutex<HashMap<String, Route>>> = Arc::default();
         let seen: Seen = Arc::default();
         let (r, s) = (routes.clone(), seen.clone());

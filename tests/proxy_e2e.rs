@@ -124,16 +124,8 @@ async fn origin_service(mut req: Request<Incoming>) -> Result<Response<OBody>, s
 
 impl Origin {
     fn start() -> Origin {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let (rt, listener, addr) = common::server_runtime();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
         let acc = accepted.clone();
         rt.spawn(async move {
             loop {
@@ -194,15 +186,7 @@ impl TlsOrigin {
         .with_single_cert(vec![cert_der.clone()], key)
         .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (rt, listener, addr) = common::server_runtime();
         let accepted = Arc::new(AtomicUsize::new(0));
         let acc = accepted.clone();
         rt.spawn(async move {

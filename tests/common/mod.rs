@@ -913,3 +913,18 @@ pub fn add_user(cfg: &Path, name: &str, password: &str) {
         .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// A one-worker runtime for a test's own server, and a loopback listener bound in it
+/// (`127.0.0.1:0`) with its address.
+pub fn server_runtime() -> (tokio::runtime::Runtime, tokio::net::TcpListener, SocketAddr) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind a loopback listener");
+    let addr = listener.local_addr().expect("listener address");
+    (rt, listener, addr)
+}
