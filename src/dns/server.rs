@@ -128,9 +128,7 @@ async fn udp_loop(
     use std::io::{IoSlice, IoSliceMut};
     use std::os::fd::AsRawFd;
 
-    use nix::sys::socket::{
-        MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
-    };
+    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
     use tokio::io::Interest;
 
     let fd = sock.as_raw_fd();
