@@ -21,7 +21,7 @@ use super::{BadLine, SourceSpec};
 const MAGIC: &[u8; 8] = b"VIGIEDOM";
 /// Bump whenever the payload layout, the hash function or the normalisation rules
 /// change: an old cache then simply stops matching.
-const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION: u32 = 3;
 const FILE_NAME: &str = "vigie-domains.cache";
 /// magic + version + reserved + key + payload length + checksum.
 const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 8 + 8;

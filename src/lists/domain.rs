@@ -15,20 +15,25 @@
 //! hit costs one cache line, not two. The home buckets are ~75 % full. Keys are placed
 //! in ascending hash order with linear probing and the home bucket is a monotone
 //! function of the hash (fast range, multiply-high), so the table is globally sorted
-//! and a bucket is filled from its first slot: the rank of the hash among a bucket's
-//! keys says where it can be, and a probe needs the next bucket only when its home
-//! bucket is full of smaller hashes (14 % of probes at 75 %, simulated). The table
+//! and a bucket is filled from its first slot: a probe compares its hash with the
+//! bucket's keys and needs the next bucket only when its home bucket is full of
+//! smaller hashes (14 % of listed names at 75 %, simulated). The table
 //! sits in huge pages (see `Table`) so a cache miss is not also a TLB miss.
 //!
 //! In front of the table, a binary fuse filter (`Prefilter`, ~9 bits per name, small
 //! enough to stay in the L3 cache) rules out nearly every suffix that is not listed,
-//! so an unlisted host — most of real traffic — costs no DRAM read at all (80–90 ns
+//! so an unlisted host — most of real traffic — costs no DRAM read at all (~50–110 ns
 //! instead of ~230 ns at 5 M names), and a listed one reads only the bucket of the
-//! suffix that matched. The lookup hashes every candidate suffix and asks the filter
-//! in one pass that never branches on loaded data, so those reads overlap.
+//! suffix that matched.
 //!
-//! False positives: a suffix that is not listed matches only if its 64-bit xxh3
-//! hash equals that of a listed name, ~N/2^64 ≈ 3e-13 per suffix at 5 M names
+//! The hash is our own (`name_hash`, wyhash-style multiply-folds) rather than a
+//! library's: the lookup walks the name once from its right end, 8 bytes at a time,
+//! lower-casing and finding dots as it goes, and every suffix reuses the state of the
+//! words to its right (`suffix_hashes`), instead of copying the name and hashing each
+//! suffix from scratch.
+//!
+//! False positives: a suffix that is not listed matches only if its 64-bit hash
+//! equals that of a listed name, ~N/2^64 ≈ 3e-13 per suffix at 5 M names
 //! (the bucket position is derived from the same hash, so only exact equality
 //! counts). We accept that: it can only over-block (a collision never *hides* a
 //! listed name), storing the text instead would cost ~20 bytes per name, and the
@@ -38,8 +43,7 @@
 use std::collections::HashMap;
 
 use arrayvec::ArrayVec;
-use xorf::{BinaryFuse8, Descriptor, Filter as _};
-use xxhash_rust::xxh3::xxh3_64;
+use xorf::{BinaryFuse8, Descriptor};
 
 use super::cache::Reader;
 use super::{CatSet, CategoryId, ListError, SourceId};
@@ -66,13 +70,18 @@ pub struct DomainHit {
     pub suffix_len: u8,
 }
 
+/// Hits a `DomainMatch` keeps: 14 make it 128 bytes, the largest value the compiler
+/// still copies inline (with 16 it was 144 bytes and every lookup's result went
+/// through a `memcpy` call).
+pub const MAX_DOMAIN_HITS: usize = 14;
+
 /// Everything a host matched, most specific suffix first.
 #[derive(Clone, Debug, Default)]
 pub struct DomainMatch {
-    /// At most 16 hits are kept (see `truncated`); `categories()` and `exceptions()`
-    /// account for every hit, kept or not.
-    pub hits: ArrayVec<DomainHit, 16>,
-    /// More than 16 entries matched; the extra hits were not kept.
+    /// At most `MAX_DOMAIN_HITS` hits are kept (see `truncated`); `categories()` and
+    /// `exceptions()` account for every hit, kept or not.
+    pub hits: ArrayVec<DomainHit, MAX_DOMAIN_HITS>,
+    /// More entries matched than `hits` keeps; the extra hits were not kept.
     pub truncated: bool,
     listed: CatSet,
     excepted: CatSet,
@@ -212,13 +221,148 @@ fn validate_labels(name: &[u8]) -> Result<(), HostError> {
     Ok(())
 }
 
-/// Hash of a normalised name or suffix. 0 marks an empty slot, so it is remapped.
-#[inline]
-fn name_hash(bytes: &[u8]) -> u64 {
-    match xxh3_64(bytes) {
+/// Hash of a normalised name or suffix (see `suffix_hashes`, which must agree with
+/// it on every label-suffix of a query). 0 marks an empty slot, so it never results.
+fn name_hash(name: &[u8]) -> u64 {
+    let mut state = HASH_SEED;
+    let mut end = name.len();
+    while let Some(w) = end.checked_sub(8).and_then(|at| name.get(at..end)) {
+        state = hash_word(state, lower8(word_le(w)));
+        end -= 8;
+    }
+    let head = if end == 0 {
+        0
+    } else {
+        lower8(head_word(name, end))
+    };
+    hash_finish(state, head, name.len())
+}
+
+/// The hash of every label-suffix of `raw` (any case, ≤ 253 bytes) whose label count
+/// `label_mask` holds, shortest suffix first: `f(hash, suffix_len)`, with
+/// `hash == name_hash(lower-cased suffix)`. Returns whether `raw` is ASCII; when it is
+/// not, the hashes are meaningless.
+///
+/// One pass from the right end, 8 bytes at a time: a word is lower-cased, its dots
+/// found and then it is folded into the running state, so every suffix costs only
+/// its last, partial word and a finish — the words to its right are shared with the
+/// shorter suffixes — and no copy of the name is made. The words are aligned on the
+/// end of the name (the leftmost one is the partial one) for that reason.
+#[inline(always)]
+fn suffix_hashes(raw: &[u8], label_mask: u64, mut f: impl FnMut(u64, usize)) -> bool {
+    let (head, words) = raw.as_rchunks::<8>();
+    let mut state = HASH_SEED;
+    // Labels of the suffix that starts after the next dot found.
+    let mut labels = 1;
+    let mut high = 0;
+    let mut done = 0;
+    for w in words.iter().rev() {
+        let w = u64::from_le_bytes(*w);
+        high |= w;
+        let x = lower8(w);
+        word_suffixes(x, state, done, label_mask, &mut labels, &mut f);
+        state = hash_word(state, x);
+        done += 8;
+    }
+    let x = if head.is_empty() {
+        0
+    } else {
+        let w = head_word(raw, head.len());
+        high |= w;
+        let x = lower8(w);
+        word_suffixes(x, state, done, label_mask, &mut labels, &mut f);
+        x
+    };
+    if label_mask & label_bit(labels) != 0 {
+        f(hash_finish(state, x, raw.len()), raw.len());
+    }
+    high & HI == 0
+}
+
+/// The suffixes that start inside word `x` (after one of its dots), nearest the end
+/// first; `done` bytes of the name lie right of `x`, folded into `state`.
+#[inline(always)]
+fn word_suffixes(
+    x: u64,
+    state: u64,
+    done: usize,
+    label_mask: u64,
+    labels: &mut usize,
+    f: &mut impl FnMut(u64, usize),
+) {
+    let mut dots = dots8(x);
+    while dots != 0 {
+        let bit = 63 - dots.leading_zeros();
+        dots ^= 1 << bit;
+        // The suffix holds the bytes of `x` right of the dot.
+        let keep = (7 - bit / 8) as usize;
+        if label_mask & label_bit(*labels) != 0 {
+            f(
+                hash_finish(state, x & top_bytes(keep), done + keep),
+                done + keep,
+            );
+        }
+        *labels += 1;
+    }
+}
+
+// Constants of wyhash (odd, balanced bits).
+const HASH_SEED: u64 = 0xa076_1d64_78bd_642f;
+const HASH_WORD: u64 = 0xe703_7ed1_a0b4_28db;
+const HASH_FIN_A: u64 = 0x8ebc_6af0_9c88_c6e3;
+const HASH_FIN_B: u64 = 0x5899_65cc_7537_4cc3;
+
+/// The 128-bit product's halves xored: the mixing step of wyhash and rapidhash.
+#[inline(always)]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+/// Folds one full 8-byte word into the state.
+#[inline(always)]
+fn hash_word(state: u64, word: u64) -> u64 {
+    fold_mul(state ^ word, HASH_WORD)
+}
+
+/// The hash of a name of `len` bytes: `state` holds its full words from the right
+/// end, `head` its remaining leftmost bytes in the top bytes of a word (or 0). The
+/// length tells apart names that differ only by leading zero bytes; the second
+/// multiply spreads every input bit over the high bits that pick the bucket.
+#[inline(always)]
+fn hash_finish(state: u64, head: u64, len: usize) -> u64 {
+    let h = fold_mul(state ^ head ^ HASH_FIN_A, len as u64 ^ HASH_FIN_B);
+    match fold_mul(h, HASH_WORD) {
         0 => 1,
         h => h,
     }
+}
+
+/// Mask of the `n` (0–7) high bytes of a word.
+#[inline(always)]
+fn top_bytes(n: usize) -> u64 {
+    !(u64::MAX >> (8 * n))
+}
+
+#[inline(always)]
+fn word_le(w: &[u8]) -> u64 {
+    u64::from_le_bytes(w.try_into().unwrap_or_default())
+}
+
+/// The first `end` (1–7) bytes of `raw`, in the top bytes of a little-endian word.
+#[inline(always)]
+fn head_word(raw: &[u8], end: usize) -> u64 {
+    let low = match raw.first_chunk::<8>() {
+        // A longer name: its first 8 bytes, of which the shift keeps the `end` first.
+        Some(w) => u64::from_le_bytes(*w),
+        None => raw
+            .get(..end)
+            .unwrap_or_default()
+            .iter()
+            .rev()
+            .fold(0, |acc, &b| (acc << 8) | u64::from(b)),
+    };
+    low.checked_shl(8 * (8 - end as u32)).unwrap_or(0)
 }
 
 /// Fast range: maps a uniform hash onto `0..n` with a multiply-high instead of a
@@ -339,37 +483,31 @@ impl std::fmt::Debug for Table {
 }
 
 impl Bucket {
-    /// Number of keys smaller than `h` (empty slots, 0, count as larger: `k - 1`
-    /// wraps them to the maximum). Keys are sorted, so `h` can only be at this slot,
-    /// and a rank of `SLOTS` means the bucket is full of smaller keys. Branch-free, so
-    /// the loads of several probes can be in flight together.
+    /// The tag-set id of `h` if this bucket holds it, and whether the bucket is full
+    /// of smaller keys (then `h` may be further on: keys are sorted and a bucket is
+    /// filled from its first slot). A compare and a conditional move per slot, no
+    /// branch; empty slots are 0, which no hash is.
     #[inline(always)]
-    fn rank(&self, h: u64) -> usize {
-        let h1 = h - 1; // h ≥ 1 (0 is remapped)
-        self.keys
-            .iter()
-            .map(|&k| usize::from(k.wrapping_sub(1) < h1))
-            .sum()
-    }
-
-    /// Tag-set id of `h` if this bucket holds it, given its `rank`.
-    #[inline(always)]
-    fn tag_of(&self, h: u64, rank: usize) -> Option<u16> {
-        match (self.keys.get(rank), self.tags.get(rank)) {
-            (Some(&k), Some(&t)) if k == h => Some(t),
-            _ => None,
+    fn probe(&self, h: u64) -> (Option<u16>, bool) {
+        let mut tag = None;
+        for (&k, &t) in self.keys.iter().zip(&self.tags) {
+            if k == h {
+                tag = Some(t);
+            }
         }
+        // `k - 1` wraps an empty slot (0) to the largest value.
+        let full_of_smaller = self.keys[SLOTS - 1].wrapping_sub(1) < h - 1;
+        (tag, full_of_smaller)
     }
 }
 
 const _: () = assert!(std::mem::size_of::<Bucket>() == 64);
+const _: () = assert!(std::mem::size_of::<DomainMatch>() <= 128);
 
-/// One suffix of a query, probed.
+/// A listed suffix of a query: its tag set and length.
 #[derive(Clone, Copy)]
-struct Probe {
-    hash: u64,
-    /// The prefilter did not rule the suffix out.
-    maybe: bool,
+struct Found {
+    tag_set: u16,
     suffix_len: u8,
 }
 
@@ -387,9 +525,32 @@ impl Prefilter {
         Prefilter(BinaryFuse8::try_from_iterator(keys).ok())
     }
 
+    /// xorf's `BinaryFuse8::contains`, restated so that it is inlined into the
+    /// lookup (xorf's is not marked `#[inline]` and was called out of line, ~8 % of
+    /// a lookup's instructions); `prefilter_restates_xorf` keeps the two equal.
+    /// An index out of the fingerprints (impossible once `read_from` has checked
+    /// the layout) answers "maybe", never a false "no".
     #[inline(always)]
     fn may_contain(&self, h: u64) -> bool {
-        self.0.as_ref().is_none_or(|f| f.contains(&h))
+        let Some(f) = &self.0 else {
+            return true;
+        };
+        let d = &f.descriptor;
+        let hash = murmur_mix64(h.wrapping_add(d.seed));
+        let h0 = ((u128::from(hash) * u128::from(d.segment_count_length)) >> 64) as u32;
+        let h1 = h0.wrapping_add(d.segment_length);
+        let h2 = h1.wrapping_add(d.segment_length);
+        let h1 = h1 ^ ((hash >> 18) as u32 & d.segment_length_mask);
+        let h2 = h2 ^ (hash as u32 & d.segment_length_mask);
+        let fp = &f.fingerprints;
+        match (
+            fp.get(h0 as usize),
+            fp.get(h1 as usize),
+            fp.get(h2 as usize),
+        ) {
+            (Some(a), Some(b), Some(c)) => (hash ^ (hash >> 32)) as u8 ^ a ^ b ^ c == 0,
+            _ => true,
+        }
     }
 
     fn bytes(&self) -> usize {
@@ -460,13 +621,20 @@ impl std::fmt::Debug for Prefilter {
     }
 }
 
-/// Suffixes probed together (a query with more candidate suffixes takes several
-/// rounds); small enough to keep the lookup's stack frame under one page.
-const PROBE_BATCH: usize = 8;
+/// MurmurHash3's 64-bit finaliser, as xorf mixes a key with its seed.
+#[inline(always)]
+fn murmur_mix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
+}
 
-/// Size of the stack buffer a query is normalised into: 253 bytes rounded up to
-/// whole u64 words, zero-padded.
-const NAME_BUF: usize = 256;
+/// Label-suffixes a query can have: a name of at most 253 bytes has at most 127
+/// labels. Only names with empty labels (`a..b`, which no entry can equal) have
+/// more; their longest suffixes are not probed.
+const MAX_SUFFIXES: usize = 128;
 const LO: u64 = 0x0101_0101_0101_0101;
 const HI: u64 = 0x8080_8080_8080_8080;
 
@@ -475,8 +643,9 @@ const HI: u64 = 0x8080_8080_8080_8080;
 /// next because every byte is < 0x80.
 #[inline]
 fn lower8(x: u64) -> u64 {
-    let ge_a = x + LO * (0x80 - u64::from(b'A'));
-    let gt_z = x + LO * (0x7f - u64::from(b'Z'));
+    // Wrapping: a non-ASCII word (whose hashes are discarded) may carry out.
+    let ge_a = x.wrapping_add(LO * (0x80 - u64::from(b'A')));
+    let gt_z = x.wrapping_add(LO * (0x7f - u64::from(b'Z')));
     x | ((ge_a & !gt_z & HI) >> 2)
 }
 
@@ -516,8 +685,7 @@ impl DomainSet {
     #[inline]
     pub fn lookup(&self, host: &str) -> DomainMatch {
         // The work is out of line and this wrapper inlined: −4 ns on a cache-resident
-        // hit (the 144-byte result is still copied out with a `memcpy` call, ~15 %
-        // of such a lookup, perf).
+        // hit. The 128-byte result is copied out inline (see `MAX_DOMAIN_HITS`).
         let mut m = DomainMatch::default();
         self.lookup_into(host, &mut m);
         m
@@ -527,10 +695,14 @@ impl DomainSet {
     fn lookup_into(&self, host: &str, m: &mut DomainMatch) {
         let raw = host.as_bytes();
         let raw = raw.strip_suffix(b".").unwrap_or(raw);
-        if !raw.is_ascii() {
+        let ascii = if (1..=MAX_NAME).contains(&raw.len()) && self.len != 0 {
+            // Checks for ASCII on the way (a separate scan cost ~10 % of a lookup).
+            self.lookup_ascii(raw, m)
+        } else {
+            raw.is_ascii()
+        };
+        if !ascii {
             *m = self.lookup_non_ascii(host);
-        } else if !raw.is_empty() && raw.len() <= MAX_NAME && self.len != 0 {
-            self.lookup_ascii(raw, m);
         }
     }
 
@@ -545,117 +717,67 @@ impl DomainSet {
         }
     }
 
-    /// `raw` is a non-empty ASCII name of at most 253 bytes, any case.
+    /// `raw` is a non-empty name of at most 253 bytes, any case. Returns false, having
+    /// matched nothing, if it is not ASCII.
     #[inline(always)]
-    fn lookup_ascii(&self, raw: &[u8], m: &mut DomainMatch) {
+    fn lookup_ascii(&self, raw: &[u8], m: &mut DomainMatch) -> bool {
         let buckets = self.buckets.as_slice();
         let Some(last) = buckets.len().checked_sub(1) else {
-            return;
+            return raw.is_ascii();
         };
-        // Lower-case into a stack buffer and find the dots 8 bytes at a time (SWAR
-        // on u64 words): a third of the instructions of a byte loop, on the path of
-        // every query.
-        let mut buf = [0u8; NAME_BUF];
-        let len = raw.len();
-        let (words, tail) = raw.as_chunks::<8>();
-        let tail_word = match raw.last_chunk::<8>() {
-            // The last 8 bytes, shifted so the tail bytes come first and zeros follow.
-            Some(w) if !tail.is_empty() => u64::from_le_bytes(*w) >> (8 * (8 - tail.len())),
-            _ => tail
-                .iter()
-                .rev()
-                .fold(0, |acc, &b| (acc << 8) | u64::from(b)),
-        };
-        // Label starts, left to right; `starts[0] = 0` is the whole name.
-        let mut starts = [0u8; 128];
-        let mut labels = 1;
-        let (out, _) = buf.as_chunks_mut::<8>();
-        for i in 0..len.div_ceil(8) {
-            let word = match words.get(i) {
-                Some(w) => u64::from_le_bytes(*w),
-                None => tail_word,
-            };
-            let x = lower8(word);
-            if let Some(dst) = out.get_mut(i) {
-                *dst = x.to_le_bytes();
-            }
-            let mut dots = dots8(x);
-            while dots != 0 {
-                let at = i * 8 + (dots.trailing_zeros() / 8) as usize;
-                // ≤ 253 bytes means ≤ 126 dots: `labels` stays < 128.
-                if let Some(s) = starts.get_mut(labels) {
-                    *s = (at + 1) as u8;
-                    labels += 1;
+        // Pass 1, shortest suffix first: hash each suffix whose label count some
+        // entry has, ask the prefilter about it and, if it may be listed (a listed
+        // name, or ~0.4 % of the others), read the table. The tag sets found are
+        // used in pass 2 only, so a table read overlaps the hashing of the longer
+        // suffixes. (Reading the next bucket together with the home one, so the
+        // 14 % of listed names pushed out of their home bucket cost no second,
+        // dependent read, measured no faster: benches/RESULTS.md.)
+        let mut found: ArrayVec<Found, MAX_SUFFIXES> = ArrayVec::new();
+        let ascii = suffix_hashes(
+            raw,
+            self.label_mask,
+            #[inline(always)]
+            |h, len| {
+                if !self.filter.may_contain(h) {
+                    return;
                 }
-                dots &= dots - 1;
-            }
-        }
-        let name = &buf[..len];
-
-        let mut j = 0;
-        while j < labels {
-            // Pass 1, most specific suffix first: hash each suffix whose label count
-            // some entry has and ask the prefilter about it. Nothing here branches on
-            // loaded data, so the filter reads of all suffixes are in flight together.
-            let mut probes: ArrayVec<Probe, PROBE_BATCH> = ArrayVec::new();
-            while j < labels && !probes.is_full() {
-                let start = usize::from(starts[j]);
-                let wanted = self.label_mask & label_bit(labels - j) != 0;
-                j += 1;
-                if !wanted {
-                    continue;
-                }
-                let suffix = name.get(start..).unwrap_or_default();
-                let hash = name_hash(suffix);
-                let _ = probes.try_push(Probe {
-                    hash,
-                    maybe: self.filter.may_contain(hash),
-                    suffix_len: suffix.len() as u8,
-                });
-            }
-            // Pass 2: only the suffixes the filter let through read the table (a
-            // listed name, or ~0.4 % of the others). A probe goes on to the next
-            // bucket only when its home bucket is full of smaller keys.
-            //
-            // Prefetching the home buckets of all suffixes in pass 1, so a hit would
-            // not wait for the filter before its table read, was measured: hits no
-            // faster (their cost is the DRAM read plus the work), misses ~40 ns
-            // slower (the useless DRAM traffic), with or without also prefetching the
-            // next bucket.
-            for p in &probes {
-                if !p.maybe {
-                    continue;
-                }
-                let bucket = home_bucket(p.hash, self.home_buckets).min(last);
-                let b = &buckets[bucket];
-                let rank = b.rank(p.hash);
-                let tag = match b.tag_of(p.hash, rank) {
-                    Some(t) => Some(t),
-                    None if rank == SLOTS => self.find_from(p.hash, bucket + 1),
-                    None => None,
+                let home = home_bucket(h, self.home_buckets).min(last);
+                let tag = match buckets[home].probe(h) {
+                    (Some(t), _) => Some(t),
+                    (None, true) => self.find_from(h, home + 1),
+                    (None, false) => None,
                 };
-                if let Some(id) = tag {
-                    for &t in self.tag_set(id) {
-                        m.push(t, p.suffix_len);
-                    }
+                if let Some(tag_set) = tag {
+                    let _ = found.try_push(Found {
+                        tag_set,
+                        suffix_len: len as u8,
+                    });
                 }
+            },
+        );
+        if !ascii {
+            return false;
+        }
+        // Pass 2: the hits, most specific suffix first.
+        for f in found.iter().rev() {
+            for &t in self.tag_set(f.tag_set) {
+                m.push(t, f.suffix_len);
             }
         }
+        true
     }
 
-    /// Tag-set id of `h`, scanning from bucket `b` on.
+    /// Tag-set id of `h`, scanning from bucket `b` on (the rare probe that finds
+    /// two buckets full of smaller keys).
+    #[cold]
+    #[inline(never)]
     fn find_from(&self, h: u64, mut b: usize) -> Option<u16> {
         while let Some(bucket) = self.buckets.as_slice().get(b) {
-            let rank = bucket.rank(h);
-            if let Some(t) = bucket.tag_of(h, rank) {
-                return Some(t);
+            match bucket.probe(h) {
+                (Some(t), _) => return Some(t),
+                (None, false) => return None,
+                (None, true) => b += 1,
             }
-            // Keys are globally sorted and each bucket is filled from its start, so
-            // `h` can only be further on when this bucket is full of smaller keys.
-            if rank < SLOTS {
-                return None;
-            }
-            b += 1;
         }
         None
     }
@@ -940,6 +1062,7 @@ impl<'a> TagSets<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use xorf::Filter as _;
 
     fn set_of(entries: &[(&str, CategoryId, bool)]) -> DomainSet {
         let mut b = DomainSetBuilder::new();
@@ -1083,7 +1206,7 @@ mod tests {
             .collect();
         let s = set_of(&refs);
         let m = s.lookup("x.com");
-        assert_eq!(m.hits.len(), 16);
+        assert_eq!(m.hits.len(), MAX_DOMAIN_HITS);
         assert!(m.truncated);
         assert_eq!(m.categories(), CatSet((1u128 << 20) - 1));
     }
@@ -1120,6 +1243,27 @@ mod tests {
         assert!(passed < 500, "{passed} false positives in 50000");
         for n in names.iter().step_by(13) {
             assert!(s.filter.may_contain(name_hash(n.as_bytes())));
+        }
+    }
+
+    #[test]
+    fn prefilter_restates_xorf() {
+        let names: Vec<String> = (0..20_000).map(|i| format!("r{i}.test")).collect();
+        let refs: Vec<_> = names.iter().map(|n| (n.as_str(), 1, false)).collect();
+        let s = set_of(&refs);
+        let f = s.filter.0.as_ref().unwrap();
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for i in 0..200_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Random keys (a few hundred false positives) and every listed one.
+            let key = if i % 10 == 0 {
+                name_hash(names[(i / 10) as usize % names.len()].as_bytes())
+            } else {
+                x
+            };
+            assert_eq!(s.filter.may_contain(key), f.contains(&key), "{key:#x}");
         }
     }
 
@@ -1197,6 +1341,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn name_hash_sees_every_byte_and_the_length() {
+        let mut seen = std::collections::HashSet::new();
+        let mut count = 0;
+        for len in 0..=40 {
+            let base = vec![b'a'; len];
+            assert!(seen.insert(name_hash(&base)));
+            count += 1;
+            for at in 0..len {
+                for c in [b'b', b'.', b'0', 0] {
+                    let mut n = base.clone();
+                    n[at] = c;
+                    assert!(seen.insert(name_hash(&n)), "{len} {at} {c}");
+                    count += 1;
+                }
+            }
+        }
+        assert_eq!(seen.len(), count);
+        assert!(!seen.contains(&0));
+        // Upper case hashes as lower case (lookups lower-case on the fly).
+        assert_eq!(name_hash(b"WWW.Example.COM"), name_hash(b"www.example.com"));
+        let long = vec!["abcdefg"; 31].join(".");
+        assert_eq!(long.len(), 247);
+        let mut got = Vec::new();
+        suffix_hashes(long.as_bytes(), u64::MAX, |h, len| got.push((h, len)));
+        assert_eq!(got.len(), 31);
+        assert_eq!(got[30], (name_hash(long.as_bytes()), 247));
+    }
+
     /// Reference: a name matches every entry equal to it or to one of its parents.
     fn naive(entries: &[(String, CategoryId)], host: &str) -> CatSet {
         let mut out = CatSet::EMPTY;
@@ -1230,6 +1403,28 @@ mod tests {
                 let upper = format!("{}.", h.to_ascii_uppercase());
                 prop_assert_eq!(s.lookup(&upper).categories(), naive(&entries, h));
             }
+        }
+
+        #[test]
+        fn suffix_hashes_are_the_hashes_of_the_suffixes(
+            name in "[a-zA-Z0-9._-]{1,80}",
+            mask in any::<u64>(),
+        ) {
+            let lower = name.to_ascii_lowercase();
+            let mut got = Vec::new();
+            suffix_hashes(name.as_bytes(), mask, |h, len| got.push((h, len)));
+            // Every label-suffix, shortest first, filtered by its label count.
+            let mut want = Vec::new();
+            for (at, _) in lower.match_indices('.').rev() {
+                want.push(&lower[at + 1..]);
+            }
+            want.push(&lower);
+            let want: Vec<_> = want
+                .into_iter()
+                .filter(|s| mask & label_bit(s.matches('.').count() + 1) != 0)
+                .map(|s| (name_hash(s.as_bytes()), s.len()))
+                .collect();
+            prop_assert_eq!(got, want);
         }
 
         #[test]
