@@ -1,8 +1,8 @@
 //! An open-loop HTTP/1.1 load generator for benches/proxy-compare.sh: requests are
 //! sent at a fixed rate whatever the server's response times (wrk is closed-loop: a
 //! slow answer delays the next request, which hides queueing — "coordinated
-//! omission"). Latency counts from the moment a request was due, so time spent
-//! waiting for a free connection is counted too.
+//! omission"). Latency counts from the timer tick (about every millisecond) that
+//! finds a request due, so time spent waiting for a free connection counts.
 //!
 //!   cargo bench --bench openloop -- --rate 10000 --secs 10 --conns 64 \
 //!       --url http://localhost:18081/1k [--proxy 127.0.0.1:3401]
@@ -13,10 +13,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 struct Args {
@@ -88,48 +88,42 @@ fn target(a: &Args) -> Result<(SocketAddr, hyper::Uri, String), String> {
 
 /// One keep-alive connection answering the due times it is handed; gives back the
 /// latency of each (µs; `u64::MAX` for an error) and says when it is free again.
+/// HTTP/1.1 by hand (a fixed request, `Content-Length` responses): a client as light
+/// as wrk's, so the rate it offers is not limited by its own CPU.
 async fn worker(
     id: usize,
     connect: SocketAddr,
-    uri: hyper::Uri,
-    host: String,
+    request: Arc<[u8]>,
     mut work: mpsc::UnboundedReceiver<Instant>,
     free: mpsc::UnboundedSender<usize>,
 ) -> Vec<u64> {
     let mut out = Vec::new();
-    let mut conn: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> = None;
+    let mut conn: Option<TcpStream> = None;
+    let mut buf = vec![0u8; 64 * 1024];
     while let Some(due) = work.recv().await {
         let mut ok = false;
         for _attempt in 0..2 {
-            if conn.as_ref().is_none_or(|c| c.is_closed()) {
-                conn = None;
-                let Ok(tcp) = tokio::net::TcpStream::connect(connect).await else {
+            if conn.is_none() {
+                let Ok(tcp) = TcpStream::connect(connect).await else {
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                let Ok((send, c)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await
-                else {
-                    continue;
-                };
-                tokio::spawn(c);
-                conn = Some(send);
+                conn = Some(tcp);
             }
-            let Some(send) = conn.as_mut() else { continue };
-            if send.ready().await.is_err() {
+            let Some(s) = conn.as_mut() else { continue };
+            if s.write_all(&request).await.is_err() {
                 conn = None;
                 continue;
             }
-            let req = Request::get(uri.clone())
-                .header(hyper::header::HOST, host.as_str())
-                .body(Empty::<Bytes>::new());
-            let Ok(req) = req else { break };
-            match send.send_request(req).await {
-                Ok(resp) if resp.status().is_success() => {
-                    ok = resp.into_body().collect().await.is_ok();
+            match read_response(s, &mut buf).await {
+                Some((status, keep)) => {
+                    ok = (200..300).contains(&status);
+                    if !keep {
+                        conn = None;
+                    }
                     break;
                 }
-                Ok(_) => break,
-                Err(_) => conn = None,
+                None => conn = None,
             }
         }
         out.push(if ok {
@@ -142,6 +136,50 @@ async fn worker(
         }
     }
     out
+}
+
+/// Reads one response with a `Content-Length` body; its status and whether the
+/// connection stays open. `None` on any error or an unexpected shape.
+async fn read_response(s: &mut TcpStream, buf: &mut [u8]) -> Option<(u16, bool)> {
+    let mut have = 0;
+    let head_end = loop {
+        let n = s.read(&mut buf[have..]).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        have += n;
+        if let Some(i) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if have == buf.len() {
+            return None;
+        }
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
+    let status: u16 = head.get(9..12)?.parse().ok()?;
+    let mut length = 0usize;
+    let mut keep = true;
+    for line in head.split("\r\n").skip(1) {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        if k.eq_ignore_ascii_case("content-length") {
+            length = v.trim().parse().ok()?;
+        } else if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
+            keep = false;
+        } else if k.eq_ignore_ascii_case("transfer-encoding") {
+            return None;
+        }
+    }
+    let mut body = have - head_end;
+    while body < length {
+        let n = s.read(buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        body += n;
+    }
+    Some((status, keep))
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -171,6 +209,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let request: Arc<[u8]> =
+        format!("GET {uri} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: vigie-openloop\r\n\r\n")
+            .into_bytes()
+            .into();
     rt.block_on(async move {
         let (free_tx, mut free_rx) = mpsc::unbounded_channel::<usize>();
         let mut work = Vec::new();
@@ -181,8 +223,7 @@ fn main() {
             handles.push(tokio::spawn(worker(
                 id,
                 connect,
-                uri.clone(),
-                host.clone(),
+                request.clone(),
                 rx,
                 free_tx.clone(),
             )));
@@ -206,8 +247,12 @@ fn main() {
             tokio::select! {
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    // tokio's timer ticks about every millisecond: a request is
+                    // counted from the tick that finds it due (the client's own
+                    // granularity is not the server's latency); from then on, waiting
+                    // for a free connection counts.
                     while next < total && due_at(next) <= now {
-                        backlog.push_back(due_at(next));
+                        backlog.push_back(now);
                         next += 1;
                     }
                 }
