@@ -209,6 +209,12 @@ async fn login(c: &Client, admin: &str, user: &str) {
     fill(c, "#user", user).await;
     fill(c, "#password", PASSWORD).await;
     click(c, "form[action='/admin/login'] button[type=submit]").await;
+    // The login's own navigation must land before the caller goes elsewhere, or it
+    // lands after and replaces the caller's page.
+    wait_source(c, "the page after the login", false, |s| {
+        s.contains("class=\"logout\"")
+    })
+    .await;
 }
 
 async fn logout(c: &Client) {
