@@ -191,6 +191,12 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs this without arguments: check the client
+    // against a tiny local server instead of printing the usage.
+    if std::env::args().len() <= 1 || std::env::args().nth(1).as_deref() == Some("--test") {
+        self_test();
+        return;
+    }
     let a = match args() {
         Ok(a) => a,
         Err(e) => {
@@ -198,22 +204,86 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let (connect, uri, host) = match target(&a) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("openloop: {e}");
-            std::process::exit(2);
+    let s = run(&a).unwrap_or_else(|e| {
+        eprintln!("openloop: {e}");
+        std::process::exit(2);
+    });
+    println!(
+        "sent {} ok {} errors {} rate {:.0} p50_us {} p90_us {} p99_us {} p999_us {} max_us {}",
+        s.sent,
+        s.ok.len(),
+        s.errors,
+        a.rate,
+        percentile(&s.ok, 0.50),
+        percentile(&s.ok, 0.90),
+        percentile(&s.ok, 0.99),
+        percentile(&s.ok, 0.999),
+        s.ok.last().copied().unwrap_or(0),
+    );
+}
+
+/// What a run saw: requests sent, sorted latencies of the answered ones (µs), errors.
+struct Summary {
+    sent: u64,
+    ok: Vec<u64>,
+    errors: usize,
+}
+
+/// 100 requests at 500/s over 4 connections to a loopback server answering every
+/// request: all must come back, none late by a second.
+fn self_test() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut s = stream;
+                let mut buf = [0u8; 4096];
+                let mut have = Vec::new();
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    have.extend_from_slice(&buf[..n]);
+                    while let Some(i) = have.windows(4).position(|w| w == b"\r\n\r\n") {
+                        have.drain(..i + 4);
+                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+                        if s.write_all(reply).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
         }
+    });
+    let a = Args {
+        rate: 500.0,
+        secs: 0.2,
+        conns: 4,
+        url: format!("http://127.0.0.1:{port}/x"),
+        proxy: None,
     };
+    let s = run(&a).unwrap_or_else(|e| panic!("self test: {e}"));
+    assert_eq!((s.sent, s.ok.len(), s.errors), (100, 100, 0));
+    assert!(
+        percentile(&s.ok, 1.0) < 1_000_000,
+        "an answer took over a second"
+    );
+    println!("openloop self test: 100 requests at 500/s answered");
+}
+
+fn run(a: &Args) -> Result<Summary, String> {
+    let (connect, uri, host) = target(a)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("runtime: {e}"));
+        .map_err(|e| format!("runtime: {e}"))?;
     let request: Arc<[u8]> =
         format!("GET {uri} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: vigie-openloop\r\n\r\n")
             .into_bytes()
             .into();
-    rt.block_on(async move {
+    Ok(rt.block_on(async move {
         let (free_tx, mut free_rx) = mpsc::unbounded_channel::<usize>();
         let mut work = Vec::new();
         let mut handles = Vec::new();
@@ -283,16 +353,10 @@ fn main() {
         let errors = lat.iter().filter(|&&l| l == u64::MAX).count();
         let mut ok: Vec<u64> = lat.into_iter().filter(|&l| l != u64::MAX).collect();
         ok.sort_unstable();
-        println!(
-            "sent {} ok {} errors {errors} rate {:.0} p50_us {} p90_us {} p99_us {} p999_us {} max_us {}",
-            next,
-            ok.len(),
-            a.rate,
-            percentile(&ok, 0.50),
-            percentile(&ok, 0.90),
-            percentile(&ok, 0.99),
-            percentile(&ok, 0.999),
-            ok.last().copied().unwrap_or(0),
-        );
-    });
+        Summary {
+            sent: next,
+            ok,
+            errors,
+        }
+    }))
 }
