@@ -47,7 +47,10 @@ pub struct RunOptions {
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Whom to become is settled before anything is opened or bound: a wrong --user
     // stops vigie before it serves anything.
-    let run_as = crate::privileges::plan(opts.user.as_deref())?;
+    let run_as = crate::privileges::plan(
+        opts.user.as_deref(),
+        opts.config.is_none() && opts.data_dir.is_none(),
+    )?;
     if let Some(to) = &run_as {
         // Before any thread is started: every thread inherits it.
         crate::privileges::forbid_new_privileges(to)?;

@@ -25,8 +25,12 @@ use nix::unistd::{AccessFlags, Gid, Uid, User};
 /// The user `vigie run` becomes when started as root with no `--user`, as unbound
 /// becomes `unbound`: a user of its own, so the audit trail (people's browsing) is
 /// readable by no other service. `nobody` is shared by many daemons and is not a
-/// fallback.
+/// fallback — except for a try-out on the embedded defaults without a data
+/// directory (nothing is written to disk), see [`plan`].
 pub const DEFAULT_USER: &str = "vigie";
+
+/// Whom a root try-out becomes when there is no `vigie` user.
+const TRY_OUT_USER: &str = "nobody";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
@@ -89,7 +93,14 @@ pub struct RunAs {
 /// - not root: there is nothing to give up. `--user` naming the current user is
 ///   fine; naming another is ignored with a warning (the process cannot switch);
 ///   naming no existing user is still an error.
-pub fn plan(requested: Option<&str>) -> Result<Option<RunAs>, PrivilegeError> {
+///
+/// `writes_nothing`: started on the embedded defaults without a data directory
+/// (`vigie run` as a newcomer tries it): no audit trail on disk, so without a `vigie`
+/// user the switch goes to `nobody` (with a warning) instead of refusing to start.
+pub fn plan(
+    requested: Option<&str>,
+    writes_nothing: bool,
+) -> Result<Option<RunAs>, PrivilegeError> {
     let euid = Uid::effective();
     if !euid.is_root() {
         let Some(name) = requested else {
@@ -104,8 +115,18 @@ pub fn plan(requested: Option<&str>) -> Result<Option<RunAs>, PrivilegeError> {
         }
         return Ok(None);
     }
-    let name = requested.unwrap_or(DEFAULT_USER);
-    let Some(user) = lookup(name)? else {
+    let mut name = requested.unwrap_or(DEFAULT_USER);
+    let mut found = lookup(name)?;
+    if found.is_none() && requested.is_none() && writes_nothing {
+        tracing::warn!(
+            "no \"{DEFAULT_USER}\" user: this try-out (embedded defaults, no data directory) \
+             runs as \"{TRY_OUT_USER}\" once its ports are bound; create the \"{DEFAULT_USER}\" \
+             user for a real deployment"
+        );
+        name = TRY_OUT_USER;
+        found = lookup(name)?;
+    }
+    let Some(user) = found else {
         return Err(match requested {
             Some(n) => PrivilegeError::NoSuchUser(n.to_string()),
             None => PrivilegeError::NoDefaultUser,
@@ -774,7 +795,7 @@ mod tests {
 
     #[test]
     fn unknown_user_is_an_error_root_or_not() {
-        let e = plan(Some("vigie-no-such-user-7f3a")).unwrap_err();
+        let e = plan(Some("vigie-no-such-user-7f3a"), true).unwrap_err();
         assert_eq!(
             e.to_string(),
             "--user vigie-no-such-user-7f3a: no such user"
@@ -789,7 +810,7 @@ mod tests {
             eprintln!("skipped: needs root");
             return;
         }
-        let Some(to) = plan(Some("nobody")).unwrap() else {
+        let Some(to) = plan(Some("nobody"), false).unwrap() else {
             panic!("nobody resolves to a user to become");
         };
         let tmp = tempfile::tempdir().unwrap();

@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::io::BufRead as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -395,6 +396,57 @@ fn root_without_user_becomes_vigie_or_says_how_to_create_it() {
         "{stderr}"
     );
     assert!(!stdout.contains("vigie ready"), "{stdout}");
+}
+
+/// The README's first command run as root on a fresh machine: the embedded
+/// defaults and no data directory write nothing to disk, so without a `vigie` user
+/// the try-out runs as `nobody` (saying so) instead of refusing to start.
+#[test]
+fn a_root_try_out_on_the_embedded_defaults_runs_as_nobody() {
+    if skip("a_root_try_out_on_the_embedded_defaults_runs_as_nobody") {
+        return;
+    }
+    if nix::unistd::User::from_name("vigie").unwrap().is_some() {
+        eprintln!("skipped: this machine has a `vigie` user, so vigie would start as it");
+        return;
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigie"))
+        .args([
+            "run",
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--proxy-listen", "127.0.0.1:0", "--upstream", "127.0.0.1:9"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut first)
+        .unwrap();
+    let pid = child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(first.starts_with("vigie ready"), "{first}\n{stderr}");
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert_eq!(uid, vec!["65534"; 4], "{status}");
+    assert!(stderr.contains("runs as \"nobody\""), "{stderr}");
 }
 
 #[test]
