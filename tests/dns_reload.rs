@@ -190,7 +190,7 @@ fn sighup_during_the_start_is_not_fatal() {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
-    // The embedded default config: every shipped list, a start of about a second.
+    // The embedded default config: every shipped list (~0.1 s to load).
     let mut child = Command::new(env!("CARGO_BIN_EXE_vigie"))
         .args(["run", "--user", "root", "--dns-listen", "127.0.0.1:0"])
         .args([
@@ -220,28 +220,42 @@ fn sighup_during_the_start_is_not_fatal() {
             }
         }
     });
-    // Past the process's first moments (before `run` nothing can catch it), a
-    // SIGHUP every 20 ms until the ready line, bounded.
-    std::thread::sleep(Duration::from_millis(150));
+    // As soon as the process shows a SIGHUP handler (SigCgt in /proc, bit 0), and
+    // while it is still loading its lists, a SIGHUP every 5 ms until the ready line.
+    let handles_hup = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("SigCgt:"))?.to_string();
+                u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
+            })
+            .is_some_and(|mask| mask & 1 != 0)
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
+    while !handles_hup() {
+        assert!(
+            rx.try_recv().is_err(),
+            "vigie was ready (or gone) before it handled SIGHUP"
+        );
+        assert!(Instant::now() < deadline, "no SIGHUP handler in 60 s");
+        std::thread::sleep(Duration::from_micros(500));
+    }
     let mut sent = 0;
     let ready = loop {
-        match rx.recv_timeout(Duration::from_millis(20)) {
+        let _ = Command::new("kill").args(["-HUP", &pid]).status();
+        sent += 1;
+        match rx.recv_timeout(Duration::from_millis(5)) {
             Ok(line) if line.starts_with("vigie ready:") => break true,
-            Ok(_) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break false,
         }
         if Instant::now() > deadline {
             break false;
         }
-        let _ = Command::new("kill").args(["-HUP", &pid]).status();
-        sent += 1;
     };
     let alive = child.try_wait().unwrap().is_none();
     let _ = child.kill();
     let _ = child.wait();
-    assert!(sent > 0, "no SIGHUP was sent before the ready line");
     assert!(
         ready && alive,
         "vigie died after {sent} SIGHUPs during its start"
