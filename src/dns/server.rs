@@ -181,20 +181,7 @@ async fn udp_loop(
             match handler.prepare(&bufs[i][..n], peer.ip(), Transport::Udp) {
                 Prepared::Done(Some(reply)) => replies.push((reply, peer)),
                 Prepared::Done(None) => {}
-                Prepared::Forward(p) => {
-                    let Ok(permit) = pending.clone().try_acquire_owned() else {
-                        tracing::debug!(%peer, "too many queries waiting on upstreams; dropped");
-                        continue;
-                    };
-                    let (h, s) = (handler.clone(), sock.clone());
-                    tracker.spawn(async move {
-                        let reply = h.forward(*p).await;
-                        drop(permit);
-                        if let Err(e) = s.send_to(&reply, peer).await {
-                            tracing::debug!(%peer, "dns udp send: {e}");
-                        }
-                    });
-                }
+                Prepared::Forward(p) => forward_udp(&handler, &sock, &tracker, &pending, p, peer),
             }
         }
         if replies.is_empty() {
@@ -231,6 +218,30 @@ async fn udp_loop(
             }
         }
     }
+}
+
+/// Answers a query that needs the upstreams from its own task, within the bound on
+/// queries waiting upstream (past it the query is dropped: the client retries).
+fn forward_udp(
+    handler: &Arc<Handler>,
+    sock: &Arc<UdpSocket>,
+    tracker: &TaskTracker,
+    pending: &Arc<Semaphore>,
+    query: Box<super::handler::Pending>,
+    peer: SocketAddr,
+) {
+    let Ok(permit) = pending.clone().try_acquire_owned() else {
+        tracing::debug!(%peer, "too many queries waiting on upstreams; dropped");
+        return;
+    };
+    let (h, s) = (handler.clone(), sock.clone());
+    tracker.spawn(async move {
+        let reply = h.forward(*query).await;
+        drop(permit);
+        if let Err(e) = s.send_to(&reply, peer).await {
+            tracing::debug!(%peer, "dns udp send: {e}");
+        }
+    });
 }
 
 /// A received datagram's source as a std address.
@@ -275,20 +286,7 @@ async fn udp_loop(
                 }
             }
             Prepared::Done(None) => {}
-            Prepared::Forward(p) => {
-                let Ok(permit) = pending.clone().try_acquire_owned() else {
-                    tracing::debug!(%peer, "too many queries waiting on upstreams; dropped");
-                    continue;
-                };
-                let (h, s) = (handler.clone(), sock.clone());
-                tracker.spawn(async move {
-                    let reply = h.forward(*p).await;
-                    drop(permit);
-                    if let Err(e) = s.send_to(&reply, peer).await {
-                        tracing::debug!(%peer, "dns udp send: {e}");
-                    }
-                });
-            }
+            Prepared::Forward(p) => forward_udp(&handler, &sock, &tracker, &pending, p, peer),
         }
     }
 }
