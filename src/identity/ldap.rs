@@ -57,6 +57,10 @@ pub struct LdapAuthenticator {
     cache: Mutex<HashMap<String, Cached>>,
     /// Random per process: the cache's password tags mean nothing outside it.
     cache_key: ring::hmac::Key,
+    /// The TLS client for `ca_file`, built on the first connection that needs it
+    /// (reading the system's roots is file I/O, not for every connection). A
+    /// reload builds a new authenticator, so a fixed `ca_file` is read again.
+    tls: std::sync::OnceLock<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl LdapAuthenticator {
@@ -74,6 +78,7 @@ impl LdapAuthenticator {
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
             cache: Mutex::new(HashMap::new()),
             cache_key,
+            tls: std::sync::OnceLock::new(),
         })
     }
 
@@ -164,9 +169,13 @@ impl LdapAuthenticator {
         &self,
         ca: &std::path::Path,
     ) -> Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>, LdapError> {
-        crate::tls_roots::client_config(Some(ca), "ldap.ca_file")
+        if let Some(config) = self.tls.get() {
+            return Ok(config.clone());
+        }
+        let config = crate::tls_roots::client_config(Some(ca), "ldap.ca_file")
             .map(std::sync::Arc::new)
-            .map_err(|e| self.server_err(e))
+            .map_err(|e| self.server_err(e))?;
+        Ok(self.tls.get_or_init(|| config).clone())
     }
 
     fn give_back(&self, conn: Ldap) {
