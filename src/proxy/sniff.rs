@@ -188,7 +188,15 @@ static TRACKER: std::sync::LazyLock<aho_corasick::AhoCorasick> = std::sync::Lazy
 /// Whether a request target (path and query, or a whole URL) is a BitTorrent
 /// tracker announce or scrape.
 pub fn is_tracker_request(target: &str) -> bool {
-    let line = target.split(['\r', '\n']).next().unwrap_or("");
+    tracker_in(target.as_bytes())
+}
+
+/// The tracker check over the first line of `bytes` (a request line or a URL).
+fn tracker_in(bytes: &[u8]) -> bool {
+    let line = bytes
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or(bytes);
     TRACKER.is_match(line)
 }
 
@@ -198,11 +206,8 @@ pub fn detect(buf: &[u8]) -> Detected {
     let input = aho_corasick::Input::new(buf).anchored(aho_corasick::Anchored::Yes);
     if let Some(m) = SIGNATURES.find(input) {
         let found = ANCHORED[m.pattern().as_usize()].1;
-        if found.protocol == "http" {
-            let line = buf.split(|&b| b == b'\n').next().unwrap_or(buf);
-            if TRACKER.is_match(line) {
-                return Detected::p2p("tracker_announce");
-            }
+        if found.protocol == "http" && tracker_in(buf) {
+            return Detected::p2p("tracker_announce");
         }
         return found;
     }
