@@ -8,8 +8,10 @@
 //! PostgreSQL stores of a later issue replace [`Writer`] and keep this interface.
 //! This module does not decide what is worth recording: callers do.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -62,18 +64,19 @@ pub struct AuditEvent {
     pub user: Option<String>,
     /// How the identity was established (`network`, `default`, …).
     pub identity: &'static str,
-    pub profile: String,
+    /// Shared with the snapshot (a pointer copy per event, not a string).
+    pub profile: Arc<str>,
     /// The name (DNS) or URL/host (proxy) asked for.
     pub target: String,
     /// DNS record type (`A`, `HTTPS`, …); absent for the proxy.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub qtype: Option<String>,
+    pub qtype: Option<Cow<'static, str>>,
     /// `allow`, `block` or `safe_search`.
     pub verdict: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub category: Option<String>,
+    pub category: Option<Arc<str>>,
     /// The rule that decided, in words (`eleves: block gambling`).
-    pub rule: String,
+    pub rule: Arc<str>,
     /// The list entry that matched (`casino.com`), if a list did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entry: Option<String>,
@@ -84,7 +87,8 @@ pub struct AuditEvent {
     pub latency_us: u64,
     /// What only the proxy knows (method, port, status, bytes…); absent for DNS.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<ProxyAudit>,
+    /// Boxed: DNS events, the most numerous, do not carry its ~200 bytes.
+    pub proxy: Option<Box<ProxyAudit>>,
 }
 
 /// The proxy's part of an [`AuditEvent`], flattened into the same JSON object.
@@ -192,9 +196,9 @@ impl AuditSink {
                 service: event.service,
                 client_ip: event.client_ip,
                 user: event.user.clone(),
-                profile: event.profile.clone(),
+                profile: event.profile.to_string(),
                 host: store::host_of(&event),
-                category: event.category.clone(),
+                category: event.category.as_deref().map(str::to_string),
             });
         }
         match self.tx.try_send(event) {

@@ -634,7 +634,7 @@ pub mod conformance {
             target: format!("{host}."),
             qtype: Some("A".into()),
             verdict,
-            category: category.map(str::to_string),
+            category: category.map(std::sync::Arc::from),
             rule: "rule".into(),
             entry: None,
             via: None,
@@ -862,7 +862,7 @@ pub mod conformance {
         let before = s.count().unwrap();
         let mut ev = event(0, None, "blocked.example", "block", Some("adult"));
         ev.service = "proxy";
-        ev.proxy = Some(ProxyAudit {
+        ev.proxy = Some(Box::new(ProxyAudit {
             kind: "http",
             method: "GET".into(),
             host: "blocked.example".into(),
@@ -870,7 +870,7 @@ pub mod conformance {
             reference: Some("R-7F3A".into()),
             status: 403,
             ..Default::default()
-        });
+        }));
         s.insert_batch(&[
             ev,
             event(-60 * 24 * 100, None, "old.example", "block", Some("adult")),

@@ -620,7 +620,6 @@ impl Handler {
 
     fn audit_event(&self, qtype: u16, ctx: &QueryCtx, via: Option<String>, elapsed: Duration) {
         let d = &ctx.decision;
-        let category = d.category_name(&ctx.snap);
         // For a CNAME-chain block, the decision (and its list entry) is the chain's name.
         let decided = via.as_deref().unwrap_or(&ctx.host);
         self.audit.record(AuditEvent {
@@ -629,12 +628,12 @@ impl Handler {
             client_ip: ctx.client,
             user: ctx.identity.user.as_deref().map(str::to_string),
             identity: ctx.identity.source.label(),
-            profile: ctx.snap.profile_name(d.profile).to_string(),
+            profile: ctx.snap.profile_label(d.profile),
             target: ctx.host.clone(),
-            qtype: Some(RecordType::from(qtype).to_string()),
+            qtype: Some(wire::qtype_label(qtype)),
             verdict: d.verdict.as_str(),
-            category: d.category.map(|_| category.to_string()),
-            rule: d.rule(&ctx.snap),
+            category: d.category_label(&ctx.snap),
+            rule: d.rule_label(&ctx.snap),
             entry: d.entry(
                 &ctx.snap,
                 &Request::Dns {

@@ -4,8 +4,8 @@
 //! encoding and decoding; this module only decides what goes in.
 
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::Record;
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+use hickory_proto::rr::{Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 /// Largest UDP answer vigie sends, whatever the client advertises: the DNS Flag Day
@@ -242,6 +242,15 @@ pub fn ede_of(msg: &Message) -> Option<Ede> {
     }
 }
 
+/// A record type's name for audit events: its mnemonic (`AAAA`), or `TYPE<n>`
+/// (RFC 3597) for a type hickory does not name.
+pub fn qtype_label(qtype: u16) -> std::borrow::Cow<'static, str> {
+    match RecordType::from(qtype) {
+        RecordType::Unknown(n) => format!("TYPE{n}").into(),
+        t => <&'static str>::from(t).into(),
+    }
+}
+
 /// Lowercase label used in metrics for a response code.
 pub fn rcode_label(rcode: ResponseCode) -> &'static str {
     match rcode {
@@ -259,6 +268,13 @@ pub fn rcode_label(rcode: ResponseCode) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qtype_labels() {
+        assert_eq!(qtype_label(1), "A");
+        assert_eq!(qtype_label(65), "HTTPS");
+        assert_eq!(qtype_label(65_280), "TYPE65280");
+    }
     use hickory_proto::rr::{Name, RecordType};
 
     fn query_bytes(name: &str, edns: Option<u16>) -> Vec<u8> {

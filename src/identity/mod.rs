@@ -114,13 +114,13 @@ pub fn login_event(
         user: Some(user),
         identity: source.label(),
         profile: identity
-            .map(|id| snapshot.profile_name(id.profile).to_string())
+            .map(|id| snapshot.profile_label(id.profile))
             .unwrap_or_default(),
         target: door_name.to_string(),
         qtype: None,
         verdict,
         category: None,
-        rule,
+        rule: rule.into(),
         entry: None,
         via: None,
         latency_us: started.elapsed().as_micros() as u64,

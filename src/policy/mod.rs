@@ -568,6 +568,24 @@ impl Decision {
         }
     }
 
+    /// [`Decision::rule`] as a shared string, for audit events: the common case (a
+    /// category the profile blocks) is a pointer copy, not a new string.
+    pub fn rule_label(&self, snapshot: &Snapshot) -> std::sync::Arc<str> {
+        if matches!(self.reason, Reason::BlockedCategory)
+            && let Some(rule) = self
+                .category
+                .and_then(|c| snapshot.block_rule(self.profile, c))
+        {
+            return rule;
+        }
+        self.rule(snapshot).into()
+    }
+
+    /// The category that decided, as a shared string (audit events).
+    pub fn category_label(&self, snapshot: &Snapshot) -> Option<std::sync::Arc<str>> {
+        self.category.map(|c| snapshot.category_label(c))
+    }
+
     pub fn category_name<'s>(&self, snapshot: &'s Snapshot) -> &'s str {
         self.category
             .map(|c| snapshot.category_name(c))

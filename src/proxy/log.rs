@@ -50,7 +50,7 @@ impl Kind {
 struct Outcome {
     user: Option<Arc<str>>,
     identity: &'static str,
-    profile: String,
+    profile: Arc<str>,
     target: String,
     host: String,
     port: u16,
@@ -58,8 +58,8 @@ struct Outcome {
     method: String,
     status: u16,
     verdict: &'static str,
-    category: Option<String>,
-    rule: String,
+    category: Option<Arc<str>>,
+    rule: Arc<str>,
     entry: Option<String>,
     protocol: Option<&'static str>,
     sni: Option<String>,
@@ -133,7 +133,7 @@ impl RequestLog {
         self.with(|o| {
             o.user = id.user.clone();
             o.identity = id.source.label();
-            o.profile = snap.profile_name(id.profile).to_string();
+            o.profile = snap.profile_label(id.profile);
             o.record_allowed = snap
                 .config
                 .profiles
@@ -145,10 +145,10 @@ impl RequestLog {
     pub fn decision(&self, snap: &Snapshot, d: &Decision, req: &Request<'_>) {
         self.with(|o| {
             o.verdict = d.verdict.as_str();
-            o.category = d.category.map(|c| snap.category_name(c).to_string());
-            o.rule = d.rule(snap);
+            o.category = d.category_label(snap);
+            o.rule = d.rule_label(snap);
             o.entry = d.entry(snap, req);
-            o.profile = snap.profile_name(d.profile).to_string();
+            o.profile = snap.profile_label(d.profile);
         });
     }
 
@@ -156,7 +156,7 @@ impl RequestLog {
     pub fn blocked(&self, rule: String, protocol: Option<&'static str>) {
         self.with(|o| {
             o.verdict = "block";
-            o.rule = rule;
+            o.rule = rule.into();
             o.protocol = protocol;
         });
     }
@@ -220,7 +220,7 @@ impl Drop for RequestLog {
             entry: o.entry,
             via: None,
             latency_us: elapsed.as_micros() as u64,
-            proxy: Some(ProxyAudit {
+            proxy: Some(Box::new(ProxyAudit {
                 kind: self.kind.as_str(),
                 method: o.method,
                 host: o.host,
@@ -234,7 +234,7 @@ impl Drop for RequestLog {
                 protocol: o.protocol,
                 refused: o.refused,
                 reference: o.reference,
-            }),
+            })),
         });
     }
 }
