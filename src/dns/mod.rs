@@ -13,6 +13,7 @@
 
 pub mod cache;
 pub mod fast;
+pub mod forward;
 pub mod handler;
 pub mod resolve;
 pub mod server;

@@ -169,6 +169,9 @@ pub fn system_upstreams(exclude: &[SocketAddr]) -> Vec<UpstreamSpec> {
 /// The forwarding side: a pool of upstream name servers.
 pub struct Upstreams {
     pool: NameServerPool<TokioRuntimeProvider>,
+    /// When every upstream is plain DNS: UDP queries go through this forwarder (the
+    /// pool then only carries the TCP retries of truncated answers).
+    udp: Option<super::forward::UdpForwarder>,
     timeout: Duration,
     specs: Vec<UpstreamSpec>,
 }
@@ -221,8 +224,23 @@ impl Upstreams {
         };
         let cx = Arc::new(PoolContext::new(opts, tls));
         let pool = NameServerPool::from_config(configs, cx, TokioRuntimeProvider::default());
+        let udp = if specs.iter().all(|s| s.protocol == Protocol::Plain) {
+            let addrs: Vec<SocketAddr> = specs.iter().map(|s| s.addr).collect();
+            match super::forward::UdpForwarder::new(&addrs) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(
+                        "UDP forwarder not available ({e}); forwarding through the resolver pool"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Upstreams {
             pool,
+            udp,
             timeout,
             specs,
         })
@@ -236,6 +254,12 @@ impl Upstreams {
     /// answers, not errors: they come back with their SOA for negative caching.
     pub async fn query(&self, name: Name, qtype: RecordType) -> Result<Answer, UpstreamError> {
         let started = Instant::now();
+        if let Some(udp) = &self.udp {
+            // `None`: truncated; the pool asks again and retries over TCP.
+            if let Some(out) = self.query_udp(udp, &name, qtype, started).await {
+                return out;
+            }
+        }
         let mut options = DnsRequestOptions::default();
         options.recursion_desired = true;
         options.use_edns = true;
@@ -292,6 +316,71 @@ impl Upstreams {
             .with_label_values(&[label])
             .inc();
         out
+    }
+}
+
+impl Upstreams {
+    /// One exchange through the UDP forwarder. `None` when the answer was truncated
+    /// (the caller goes through the pool, which retries over TCP).
+    async fn query_udp(
+        &self,
+        udp: &super::forward::UdpForwarder,
+        name: &Name,
+        qtype: RecordType,
+        started: Instant,
+    ) -> Option<Result<Answer, UpstreamError>> {
+        use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+        let mut msg = Message::new(0, MessageType::Query, OpCode::Query);
+        msg.metadata.recursion_desired = true;
+        msg.add_query(Query::query(name.clone(), qtype));
+        let mut edns = Edns::new();
+        edns.set_max_payload(super::wire::MAX_UDP_PAYLOAD);
+        msg.edns = Some(edns);
+        let packet = match msg.to_vec() {
+            Ok(p) => p,
+            Err(e) => return Some(Err(UpstreamError::Failed(e.to_string()))),
+        };
+        let result = udp.exchange(packet, self.timeout).await;
+        let (label, out) = match result {
+            Err(super::forward::ForwardError::Timeout) => {
+                ("timeout", Err(UpstreamError::Timeout(self.timeout)))
+            }
+            Err(super::forward::ForwardError::Io(e)) => {
+                ("error", Err(UpstreamError::Failed(e.to_string())))
+            }
+            Ok((bytes, from)) => match Message::from_vec(&bytes) {
+                Ok(m) if m.metadata.truncation => return None,
+                Ok(m) => {
+                    let rcode = m.metadata.response_code;
+                    let label = match rcode {
+                        ResponseCode::NXDomain => "nxdomain",
+                        ResponseCode::NoError if m.answers.is_empty() => "nodata",
+                        ResponseCode::NoError => "ok",
+                        _ => "error",
+                    };
+                    let answer = Answer {
+                        rcode,
+                        answers: m.answers,
+                        authorities: m.authorities,
+                        additionals: m.additionals,
+                        authoritative: false,
+                        ede: None,
+                    };
+                    (label, Ok(answer))
+                }
+                Err(e) => (
+                    "error",
+                    Err(UpstreamError::Failed(format!(
+                        "malformed answer from {from}: {e}"
+                    ))),
+                ),
+            },
+        };
+        metrics::DNS_UPSTREAM_SECONDS.observe(started.elapsed().as_secs_f64());
+        metrics::DNS_UPSTREAM_TOTAL
+            .with_label_values(&[label])
+            .inc();
+        Some(out)
     }
 }
 
