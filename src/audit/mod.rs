@@ -428,6 +428,7 @@ impl Writer {
             // milliseconds at a time.
             let mut r = Ok(());
             let mut stored = 0;
+            let mut events = events;
             for chunk in events.chunks(STORE_CHUNK) {
                 if let Err(e) = store.insert_batch(chunk) {
                     r = Err(e);
@@ -438,25 +439,28 @@ impl Writer {
                     std::thread::yield_now();
                 }
             }
-            (store, events, stored, r)
+            if let Err(e) = &r {
+                let lost = n - stored;
+                metrics::AUDIT_WRITE_ERRORS_TOTAL.inc_by(lost as u64);
+                tracing::error!(
+                    events = lost,
+                    "audit store write failed, events spilled to the log: {e}"
+                );
+                for ev in &events[stored..] {
+                    if let Ok(line) = serde_json::to_string(ev) {
+                        tracing::warn!(target: "vigie::audit", "{line}");
+                    }
+                }
+            }
+            // The events are freed here, not on the runtime's thread: a batch is
+            // thousands of strings, and freeing them there held up requests.
+            events.clear();
+            (store, events)
         })
         .await
         {
-            Ok((store, events, stored, r)) => {
+            Ok((store, events)) => {
                 self.store = Some(store);
-                if let Err(e) = r {
-                    let lost = n - stored;
-                    metrics::AUDIT_WRITE_ERRORS_TOTAL.inc_by(lost as u64);
-                    tracing::error!(
-                        events = lost,
-                        "audit store write failed, events spilled to the log: {e}"
-                    );
-                    for ev in &events[stored..] {
-                        if let Ok(line) = serde_json::to_string(ev) {
-                            tracing::warn!(target: "vigie::audit", "{line}");
-                        }
-                    }
-                }
                 events
             }
             Err(e) => {
