@@ -56,8 +56,8 @@ queries=$OUT/queries-$N_QUERIES-$BLOCKED.txt
 
 # VIGIE=/path/to/vigie skips the build (e.g. to compare two builds).
 if [ -z "${VIGIE:-}" ]; then
-  (cd "$ROOT" && cargo build --release --bin vigie >&2)
-  VIGIE=$ROOT/target/release/vigie
+  (cd "$ROOT" && cargo build --profile appliance --bin vigie >&2)
+  VIGIE=$ROOT/target/appliance/vigie
 fi
 
 # ---- the shared upstream ----

@@ -76,8 +76,8 @@ EOF
 echo "== data: $(wc -l <"$domains") domains ($(wc -l <"$squid_domains") for Squid after removing overlaps)" >&2
 
 if [ -z "${VIGIE:-}" ]; then
-  (cd "$ROOT" && cargo build --release --bin vigie >&2)
-  VIGIE=$ROOT/target/release/vigie
+  (cd "$ROOT" && cargo build --profile appliance --bin vigie >&2)
+  VIGIE=$ROOT/target/appliance/vigie
 fi
 # The open-loop client (benches/openloop.rs), built in the bench profile.
 if [ -z "${OPENLOOP:-}" ]; then

@@ -305,21 +305,38 @@ pub fn blocked(q: &FastQuery<'_>, data: &BlockedData, ttl: u32, ede: (u16, &str)
 /// An upstream answer kept in wire form: encoded once without OPT, for id 0 and the
 /// lowercased question, with the offsets of every TTL so a hit is a copy and a few
 /// patches.
+///
+/// One allocation per answer (the cache holds tens of thousands): the message, then
+/// the TTL offsets as big-endian `u16`s.
 #[derive(Debug)]
 pub struct WireAnswer {
-    bytes: Box<[u8]>,
-    ttl_offsets: Box<[u16]>,
+    data: Box<[u8]>,
+    /// Length of the message at the start of `data`.
+    len: u16,
 }
 
 impl WireAnswer {
     /// Wraps an encoding of a response (from hickory-proto); `None` if it is not one
     /// this module can walk.
-    pub fn new(bytes: Vec<u8>) -> Option<WireAnswer> {
-        let ttl_offsets = ttl_offsets(&bytes)?.into_boxed_slice();
+    pub fn new(mut bytes: Vec<u8>) -> Option<WireAnswer> {
+        let len = u16::try_from(bytes.len()).ok()?;
+        let offsets = ttl_offsets(&bytes)?;
+        bytes.reserve_exact(offsets.len() * 2);
+        for off in offsets {
+            bytes.extend_from_slice(&off.to_be_bytes());
+        }
         Some(WireAnswer {
-            bytes: bytes.into_boxed_slice(),
-            ttl_offsets,
+            data: bytes.into_boxed_slice(),
+            len,
         })
+    }
+
+    fn ttl_offsets(&self) -> impl Iterator<Item = usize> + '_ {
+        self.data
+            .get(usize::from(self.len)..)
+            .unwrap_or_default()
+            .chunks_exact(2)
+            .map(|o| usize::from(u16::from_be_bytes([o[0], o[1]])))
     }
 
     /// The answer for `q`, `age` seconds after it was stored, or `None` if it does not
@@ -327,18 +344,18 @@ impl WireAnswer {
     pub fn answer(&self, q: &FastQuery<'_>, age: u32, limit: usize) -> Option<Vec<u8>> {
         let name = q.qname_wire();
         let extra = if q.edns.is_some() { 11 } else { 0 };
-        if self.bytes.len() + extra > limit || self.bytes.len() < 12 + name.len() {
+        let bytes = self.bytes();
+        if bytes.len() + extra > limit || bytes.len() < 12 + name.len() {
             return None;
         }
-        let mut out = Vec::with_capacity(self.bytes.len() + extra);
-        out.extend_from_slice(&self.bytes);
+        let mut out = Vec::with_capacity(bytes.len() + extra);
+        out.extend_from_slice(bytes);
         out[0..2].copy_from_slice(&q.id.to_be_bytes());
-        let rcode = self.bytes[3] & 0x0f;
+        let rcode = bytes[3] & 0x0f;
         out[2..4].copy_from_slice(&answer_flags(q, false, rcode));
         // The client's own spelling of the name (0x20 clients compare it); same length.
         out[12..12 + name.len()].copy_from_slice(name);
-        for &off in &self.ttl_offsets {
-            let at = off as usize;
+        for at in self.ttl_offsets() {
             let ttl = u32::from_be_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]])
                 .saturating_sub(age);
             out[at..at + 4].copy_from_slice(&ttl.to_be_bytes());
@@ -352,11 +369,11 @@ impl WireAnswer {
     }
 
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+        self.data.get(..usize::from(self.len)).unwrap_or_default()
     }
 
     pub fn rcode(&self) -> u8 {
-        self.bytes.get(3).map(|b| b & 0x0f).unwrap_or(2)
+        self.bytes().get(3).map(|b| b & 0x0f).unwrap_or(2)
     }
 }
 
