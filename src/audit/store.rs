@@ -397,6 +397,11 @@ impl SqliteStore {
             self.conn
                 .pragma_update(None, "wal_autocheckpoint", 0)
                 .map_err(err)?;
+            // The writer only appends (a few hot pages at the right edge of the table
+            // and its indexes): half a MiB of page cache is plenty.
+            self.conn
+                .pragma_update(None, "cache_size", -512)
+                .map_err(err)?;
             self.checkpointer = Some(stop);
         }
         Ok(())

@@ -34,8 +34,10 @@ const SOCKETS: usize = 4;
 pub const ROTATE_AFTER: u32 = 2_048;
 /// Age at which a socket is replaced whatever its count.
 pub const ROTATE_EVERY: Duration = Duration::from_secs(30);
-/// Largest answer read (EDNS payloads are bounded by what we advertise).
-const MAX_ANSWER: usize = 65_535;
+/// Largest answer read: we advertise an EDNS payload of
+/// [`super::wire::MAX_UDP_PAYLOAD`] (1,232 bytes), so anything longer is not an
+/// answer to our query (it is cut here, then fails the checks).
+const MAX_ANSWER: usize = 4_096;
 /// Upstreams asked at once.
 const FAN_OUT: usize = 2;
 
