@@ -215,7 +215,7 @@ pub static DNS_CACHE_ENTRIES: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static DNS_UPSTREAM_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "vigie_dns_upstream_total",
-        "Queries forwarded upstream, by result.",
+        "Queries forwarded upstream, by result (ok, nxdomain, nodata, error, timeout; mismatched: a datagram with a pending query's id but from another address or for another question, e.g. a spoofing attempt).",
         &["result"],
     )
 });
