@@ -430,6 +430,33 @@ mod tests {
     }
 
     #[test]
+    fn audit_labels_say_what_the_rule_text_says() {
+        let cfg = config::parse(
+            "[[categories]]\nid = \"jeux\"\nfr = \"Jeux\"\nen = \"Games\"\n\
+             [profiles.eleves]\nblock = [\"jeux\"]\n[profiles.invites]\n",
+            "t.toml",
+            Path::new("/"),
+        )
+        .unwrap();
+        let snap = Snapshot::build(cfg, None).unwrap();
+        let profiles = snap.config.profiles.len() as ProfileId;
+        let categories = snap.config.categories.len() as crate::lists::CategoryId;
+        assert!(profiles >= 2 && categories >= 1);
+        for p in 0..profiles {
+            assert_eq!(&*snap.profile_label(p), snap.profile_name(p));
+            for c in 0..categories {
+                assert_eq!(&*snap.category_label(c), snap.category_name(c));
+                let rule = snap.block_rule(p, c).unwrap();
+                let expected = format!("{}: block {}", snap.profile_name(p), snap.category_name(c));
+                assert_eq!(&*rule, expected);
+            }
+            assert_eq!(snap.block_rule(p, categories), None);
+        }
+        assert_eq!(snap.block_rule(profiles, 0), None);
+        assert_eq!(&*snap.profile_label(profiles), "?");
+    }
+
+    #[test]
     fn failed_reload_keeps_the_old_snapshot() {
         let cfg = |tz: &str| {
             config::parse(

@@ -234,7 +234,17 @@ impl UdpForwarder {
         for to in targets.iter().flatten() {
             match slot.socket.send_to(&query, to).await {
                 Ok(_) => sent += 1,
-                Err(e) => last_err = Some(e),
+                Err(e) => {
+                    // Not asked after all: a SERVFAIL from the other one is final.
+                    if let Some(w) = slot.pending().get_mut(&id) {
+                        for t in &mut w.sent_to {
+                            if *t == Some(*to) {
+                                *t = None;
+                            }
+                        }
+                    }
+                    last_err = Some(e);
+                }
             }
         }
         if sent == 0 {
