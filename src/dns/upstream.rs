@@ -350,13 +350,28 @@ impl Upstreams {
             }
             Ok((bytes, from)) => match Message::from_vec(&bytes) {
                 Ok(m) if m.metadata.truncation => return None,
+                // As through the pool: an upstream's failure is an error, not an
+                // answer (the handler says SERVFAIL with its own reason).
+                Ok(m)
+                    if matches!(
+                        m.metadata.response_code,
+                        ResponseCode::ServFail | ResponseCode::Refused
+                    ) =>
+                {
+                    (
+                        "error",
+                        Err(UpstreamError::Failed(format!(
+                            "{from} answered {}",
+                            m.metadata.response_code
+                        ))),
+                    )
+                }
                 Ok(m) => {
                     let rcode = m.metadata.response_code;
                     let label = match rcode {
                         ResponseCode::NXDomain => "nxdomain",
                         ResponseCode::NoError if m.answers.is_empty() => "nodata",
-                        ResponseCode::NoError => "ok",
-                        _ => "error",
+                        _ => "ok",
                     };
                     let answer = Answer {
                         rcode,
