@@ -279,7 +279,10 @@ pub fn attach_store(
     settings: &crate::config::AuditSettings,
     data_dir: Option<&Path>,
 ) -> Result<(), store::StoreError> {
-    let opened = store::open(settings, data_dir)?;
+    let mut opened = store::open(settings, data_dir)?;
+    if let Some(store) = &mut opened {
+        store.take_writer_role()?;
+    }
     writer.store = opened;
     if writer.store.is_some() && matches!(writer.out, Output::Log) {
         // The store holds them: the log would only be a second, slower copy.
