@@ -372,11 +372,12 @@ impl SqliteStore {
     }
 
     /// Moves WAL checkpoints off this connection to a thread of their own, run every
-    /// [`CHECKPOINT_EVERY`] (`PASSIVE`: never waits for, nor holds up, the writer). A checkpoint
-    /// copies the WAL into the database and syncs it to disk; done by the writer
-    /// itself every 1,000 pages, that sync stalled the writer long enough for the
-    /// queue to overflow under a saturating DNS benchmark (192 events dropped in one
-    /// run). If the thread cannot start, the writer keeps checkpointing itself.
+    /// [`CHECKPOINT_EVERY`] (`PASSIVE`: never waits for, nor holds up, the writer).
+    /// A checkpoint copies the WAL into the database and syncs it to disk; done by
+    /// the writer itself every 1,000 pages, it is the likeliest reason the queue
+    /// overflowed once under a saturating DNS benchmark (192 events dropped in one
+    /// run, none since). If the thread cannot start, the writer keeps checkpointing
+    /// itself.
     pub fn checkpoint_elsewhere(&mut self) -> Result<(), StoreError> {
         let err = |source| StoreError::Sqlite {
             path: self.path.clone(),
