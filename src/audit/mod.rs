@@ -280,8 +280,11 @@ pub fn attach_store(
     data_dir: Option<&Path>,
 ) -> Result<(), store::StoreError> {
     let mut opened = store::open(settings, data_dir)?;
-    if let Some(store) = &mut opened {
-        store.take_writer_role()?;
+    if let Some(store) = &mut opened
+        && let Err(e) = store.take_writer_role()
+    {
+        // Not fatal: the writer then checkpoints as SQLite does by default.
+        tracing::warn!("audit store: checkpoints stay on the writer's thread ({e})");
     }
     writer.store = opened;
     if writer.store.is_some() && matches!(writer.out, Output::Log) {
@@ -456,7 +459,7 @@ impl Writer {
                 }
             }
             // The events are freed here, not on the runtime's thread: a batch is
-            // thousands of strings, and freeing them there held up requests.
+            // thousands of strings, better not freed between two requests.
             events.clear();
             (store, events)
         })
