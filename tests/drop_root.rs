@@ -32,6 +32,19 @@ fn skip(test: &str) -> bool {
     true
 }
 
+/// [`skip`], and also when this machine has a `vigie` user: the test is about
+/// starting as root without one.
+fn skip_unless_no_vigie_user(test: &str) -> bool {
+    if skip(test) {
+        return true;
+    }
+    if nix::unistd::User::from_name("vigie").unwrap().is_some() {
+        eprintln!("{test}: skipped, this machine has a `vigie` user, so vigie would start as it");
+        return true;
+    }
+    false
+}
+
 /// `nobody`'s ids, from the user and group databases.
 struct Nobody {
     uid: u32,
@@ -379,11 +392,7 @@ fn an_unknown_user_stops_vigie_before_it_serves() {
 
 #[test]
 fn root_without_user_becomes_vigie_or_says_how_to_create_it() {
-    if skip("root_without_user_becomes_vigie_or_says_how_to_create_it") {
-        return;
-    }
-    if nix::unistd::User::from_name("vigie").unwrap().is_some() {
-        eprintln!("skipped: this machine has a `vigie` user, so vigie would start as it");
+    if skip_unless_no_vigie_user("root_without_user_becomes_vigie_or_says_how_to_create_it") {
         return;
     }
     let tmp = open_tempdir();
@@ -403,11 +412,7 @@ fn root_without_user_becomes_vigie_or_says_how_to_create_it() {
 /// the try-out runs as `nobody` (saying so) instead of refusing to start.
 #[test]
 fn a_root_try_out_on_the_embedded_defaults_runs_as_nobody() {
-    if skip("a_root_try_out_on_the_embedded_defaults_runs_as_nobody") {
-        return;
-    }
-    if nix::unistd::User::from_name("vigie").unwrap().is_some() {
-        eprintln!("skipped: this machine has a `vigie` user, so vigie would start as it");
+    if skip_unless_no_vigie_user("a_root_try_out_on_the_embedded_defaults_runs_as_nobody") {
         return;
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_vigie"))
