@@ -270,7 +270,6 @@ impl Upstreams {
         // misbehaves, so a client never waits longer than the configured timeout.
         let result =
             tokio::time::timeout(self.timeout + Duration::from_millis(100), exchange).await;
-        metrics::DNS_UPSTREAM_SECONDS.observe(started.elapsed().as_secs_f64());
         let (label, out) = match result {
             Err(_) | Ok(Some(Err(NetError::Timeout))) => {
                 ("timeout", Err(UpstreamError::Timeout(self.timeout)))
@@ -312,11 +311,17 @@ impl Upstreams {
             }
             Ok(Some(Err(e))) => ("error", Err(UpstreamError::Failed(e.to_string()))),
         };
-        metrics::DNS_UPSTREAM_TOTAL
-            .with_label_values(&[label])
-            .inc();
+        count_exchange(started, label);
         out
     }
+}
+
+/// Counts one upstream exchange, whichever path carried it: its time and result.
+fn count_exchange(started: Instant, label: &str) {
+    metrics::DNS_UPSTREAM_SECONDS.observe(started.elapsed().as_secs_f64());
+    metrics::DNS_UPSTREAM_TOTAL
+        .with_label_values(&[label])
+        .inc();
 }
 
 impl Upstreams {
@@ -391,10 +396,7 @@ impl Upstreams {
                 ),
             },
         };
-        metrics::DNS_UPSTREAM_SECONDS.observe(started.elapsed().as_secs_f64());
-        metrics::DNS_UPSTREAM_TOTAL
-            .with_label_values(&[label])
-            .inc();
+        count_exchange(started, label);
         Some(out)
     }
 }
