@@ -382,9 +382,28 @@ pub static PROXY_TUNNEL_BYTES_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| 
     )
 });
 
+/// Refreshes a gauge whose value lives elsewhere (a cache's size); returns false once
+/// what it reads is gone, and is then forgotten.
+type ScrapeHook = Box<dyn Fn() -> bool + Send + Sync>;
+
+static ON_SCRAPE: std::sync::Mutex<Vec<ScrapeHook>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `hook` before every [`render`], so a gauge read at scrape time is exact
+/// rather than as old as the last periodic upkeep.
+pub fn on_scrape(hook: impl Fn() -> bool + Send + Sync + 'static) {
+    ON_SCRAPE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(Box::new(hook));
+}
+
 /// Renders every registered metric in the Prometheus text format.
 pub fn render() -> String {
     use prometheus::Encoder;
+    ON_SCRAPE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retain(|hook| hook());
     let mut out = Vec::new();
     let enc = prometheus::TextEncoder::new();
     if let Err(e) = enc.encode(&REGISTRY.gather(), &mut out) {
@@ -440,5 +459,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE vigie_snapshot_build_seconds histogram"));
+    }
+
+    #[test]
+    fn scrape_hooks_run_at_each_render_until_they_say_they_are_done() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        // Alive for two scrapes, then gone (as when its DNS handler is dropped).
+        super::on_scrape(move || r.fetch_add(1, Ordering::SeqCst) < 1);
+        for _ in 0..4 {
+            super::render();
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 }

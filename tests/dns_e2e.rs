@@ -193,6 +193,8 @@ fn dns_e2e_allowed_blocked_safe_search_refused_metrics() {
     assert!(v.http_get("/healthz").contains("ok"));
     assert!(v.metric("vigie_dns_cache_total{result=\"hit\"}") >= 2.0);
     assert!(v.metric("vigie_dns_cache_total{result=\"miss\"}") >= 1.0);
+    // Read at scrape time (the 10 s upkeep alone left it at 0 this early).
+    assert!(v.metric("vigie_dns_cache_entries") >= 1.0);
     assert!(v.metric("vigie_dns_refused_total{reason=\"client_network\"}") >= 1.0);
     assert!(
         v.metric("vigie_decisions_total{category=\"gambling\",service=\"dns\",verdict=\"block\"}")

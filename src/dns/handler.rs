@@ -208,6 +208,11 @@ impl Handler {
             l.retain_recent();
             l.shrink_to_fit();
         }
+        self.export_cache_size();
+    }
+
+    /// Sets `vigie_dns_cache_entries`; also run at every scrape (see `dns::setup`).
+    pub fn export_cache_size(&self) {
         metrics::DNS_CACHE_ENTRIES.set(self.cache.entry_count() as i64);
     }
 

@@ -120,6 +120,10 @@ pub fn setup(
         source,
     })?;
     let handler = Arc::new(Handler::new(store, upstreams, identities, audit, options));
+    // The cache size at scrape time, not as of the last upkeep (up to 10 s old, and
+    // 0 for the first 10 s after a start whatever the cache held).
+    let weak = Arc::downgrade(&handler);
+    crate::metrics::on_scrape(move || weak.upgrade().map(|h| h.export_cache_size()).is_some());
     Ok((handler, listeners))
 }
 
