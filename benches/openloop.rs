@@ -96,7 +96,7 @@ async fn worker(
     request: Arc<[u8]>,
     mut work: mpsc::UnboundedReceiver<Instant>,
     free: mpsc::UnboundedSender<usize>,
-) -> Vec<u64> {
+) -> Vec<(Instant, u64)> {
     let mut out = Vec::new();
     let mut conn: Option<TcpStream> = None;
     let mut buf = vec![0u8; 64 * 1024];
@@ -126,11 +126,14 @@ async fn worker(
                 None => conn = None,
             }
         }
-        out.push(if ok {
-            due.elapsed().as_micros() as u64
-        } else {
-            u64::MAX
-        });
+        out.push((
+            due,
+            if ok {
+                due.elapsed().as_micros() as u64
+            } else {
+                u64::MAX
+            },
+        ));
         if free.send(id).is_err() {
             break;
         }
@@ -350,6 +353,27 @@ fn run(a: &Args) -> Result<Summary, String> {
                 lat.extend(v.unwrap_or_default());
             }
         }
+        // `OPENLOOP_SLOW_US=N`: every answer slower than N µs on stderr, as "due
+        // (ms since the start) latency (µs)", to line the slow ones up with a
+        // scheduler trace.
+        if let Some(slow) = std::env::var("OPENLOOP_SLOW_US")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            eprintln!("slow start {start:?}");
+            let mut s: Vec<_> = lat
+                .iter()
+                .filter(|(_, l)| *l > slow && *l != u64::MAX)
+                .collect();
+            s.sort_unstable();
+            for (due, l) in s {
+                eprintln!(
+                    "slow {:.3} {l}",
+                    due.duration_since(start).as_secs_f64() * 1e3
+                );
+            }
+        }
+        let lat: Vec<u64> = lat.into_iter().map(|(_, l)| l).collect();
         let errors = lat.iter().filter(|&&l| l == u64::MAX).count();
         let mut ok: Vec<u64> = lat.into_iter().filter(|&l| l != u64::MAX).collect();
         ok.sort_unstable();
