@@ -304,7 +304,11 @@ async fn serve(
         "dns on {dns_addr} (udp+tcp), upstreams {}, admin on http://{admin_addr}",
         handler_upstreams(&handler)
     );
-    tracing::info!("proxy on {proxy_addr}, also {proxy_optional:?}");
+    let also: String = proxy_optional
+        .iter()
+        .map(|(name, addr)| format!(", {name} on {addr}"))
+        .collect();
+    tracing::info!("proxy on {proxy_addr}{also}");
     // Scripts and tests wait for this line (and read the ports from it).
     let mut ready = format!("vigie ready: dns {dns_addr} admin {admin_addr} proxy {proxy_addr}");
     for (name, addr) in &proxy_optional {
