@@ -196,7 +196,11 @@ struct Read {
     justification: String,
 }
 
+/// The read the form asks for, once the session may read histories and the form's
+/// CSRF token is its own; otherwise the refusal to send back.
 async fn read_of(admin: &Arc<Admin>, s: &Session, f: &HistoryForm) -> Result<Read, Response> {
+    s.require(READERS)?;
+    s.check_csrf(&f.csrf)?;
     let lang = s.lang;
     let snap = admin.store.load();
     let refused = |text: String| {
@@ -333,12 +337,6 @@ async fn view(
     s: Session,
     Fields(f): Fields<HistoryForm>,
 ) -> Response {
-    if let Err(r) = s.require(READERS) {
-        return r;
-    }
-    if let Err(r) = s.check_csrf(&f.csrf) {
-        return r;
-    }
     let read = match read_of(&admin, &s, &f).await {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -451,12 +449,6 @@ async fn export(
     s: Session,
     Fields(f): Fields<HistoryForm>,
 ) -> Response {
-    if let Err(r) = s.require(READERS) {
-        return r;
-    }
-    if let Err(r) = s.check_csrf(&f.csrf) {
-        return r;
-    }
     let read = match read_of(&admin, &s, &f).await {
         Ok(r) => r,
         Err(resp) => return resp,
