@@ -47,7 +47,8 @@ const STORE_CHUNK: usize = 256;
 /// linger window, under 40,000 events/s — and a shallow queue, so pacing costs
 /// latency to the audit trail, never capacity. Measured: the proxy's p99 at 4
 /// connections with the writer on the same core, median of 5–6 rounds 1.62–1.68 →
-/// 1.20–1.45 ms in three A/B runs, req/s unchanged (benches/RESULTS.md).
+/// 1.20–1.45 ms in three quiet A/B runs (no difference in a fourth, on a busy host),
+/// req/s unchanged (benches/RESULTS.md).
 fn pace(batch: usize, queued: usize) -> bool {
     batch <= BATCH / 2 && queued < QUEUE_CAPACITY / 8
 }
