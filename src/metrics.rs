@@ -467,7 +467,8 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let runs = Arc::new(AtomicUsize::new(0));
         let r = runs.clone();
-        // Alive for two scrapes, then gone (as when its DNS handler is dropped).
+        // Says it is done at its second run (as a hook does once its DNS handler
+        // is dropped): it runs twice, then never again.
         super::on_scrape(move || r.fetch_add(1, Ordering::SeqCst) < 1);
         for _ in 0..4 {
             super::render();
