@@ -6,7 +6,9 @@
 #
 # Each proxy is pinned to one CPU with taskset (SERVER_CPU); wrk, curl, the idle-
 # connection client and nginx share the other (CLIENT_CPU). Loopback only; every run
-# is bounded in time. Measured per proxy:
+# is bounded in time. Each proxy is measured only once it filters: the time until
+# its port opens and until a listed name is refused are reported (e2guardian opens
+# its port before its lists are loaded). Measured per proxy:
 #   - requests/s and p50/p99 latency, keep-alive, CONNS connections, 1 KiB responses
 #     (wrk with a Lua script sending absolute-form requests);
 #   - p50/p99 at light load (LIGHT_CONNS connections), and the same straight to nginx,
@@ -239,7 +241,7 @@ time.sleep(4)
 EOF
 }
 
-declare -A RPS P50 P99 LP50 LP99 LOAD TPUT IDLE_KIB CPU_US HRATE HP50 HP99 DP50 DP99 HERR HALL
+declare -A RPS P50 P99 LP50 LP99 LOAD FILTERING TPUT IDLE_KIB CPU_US HRATE HP50 HP99 DP50 DP99 HERR HALL
 direct=$(wrk_run "$CONNS" "http://localhost:$ORIGIN_PORT/1k")
 RPS[direct]=$(field "$direct" rps)
 light=$(wrk_run "$LIGHT_CONNS" "http://localhost:$ORIGIN_PORT/1k")
@@ -272,12 +274,23 @@ for s in $SERVERS; do
     continue
   fi
   LOAD[$s]=$(echo "$(date +%s.%N) - $started" | bc)
-  # A blocked name must be refused, an allowed one served (sanity).
+  # A blocked name must be refused, an allowed one served (sanity). A proxy may open
+  # its port before its lists are loaded (e2guardian does): measure only once the
+  # blocked name is refused (status 403, or e2guardian's block page, which it
+  # answers with status 200), waiting up to 120 s.
   blocked=$(grep -m1 '[a-z]' "$domains")
-  # (e2guardian answers its block page with status 200.)
-  code_b=$(curl -s -o /dev/null -w '%{http_code}' -x "http://127.0.0.1:$port" "http://$blocked/" || true)
+  code_b=none
+  for _ in $(seq 240); do
+    code_b=$(curl -s -o "$OUT/probe.html" -w '%{http_code}' -x "http://127.0.0.1:$port" "http://$blocked/" || true)
+    if [ "$code_b" = 403 ] || grep -q 'Access Denied' "$OUT/probe.html" 2>/dev/null; then
+      code_b="$code_b (refused)"
+      break
+    fi
+    sleep 0.5
+  done
+  FILTERING[$s]=$(echo "$(date +%s.%N) - $started" | bc)
   code_a=$(curl -s -o /dev/null -w '%{http_code}' -x "http://127.0.0.1:$port" "http://localhost:$ORIGIN_PORT/1k" || true)
-  echo "== $s: up in ${LOAD[$s]} s; blocked $blocked → $code_b, allowed → $code_a" >&2
+  echo "== $s: port open in ${LOAD[$s]} s, filtering in ${FILTERING[$s]} s; blocked $blocked → $code_b, allowed → $code_a" >&2
   # Squid and e2guardian fork: measure the process that serves.
   server_pid=$pid
   [ "$s" = squid ] && server_pid=$(pgrep -n -f "squid.*$OUT/squid/squid.conf" || echo "$pid")
@@ -329,13 +342,13 @@ for s in $SERVERS; do
 done
 
 # ---- report ----
-printf '\n| server | load s | req/s (c=%s) | CPU µs/req | p50 µs | p99 µs | p50 µs (c=%s) | p99 µs (c=%s) | CONNECT MB/s | KiB/idle conn | ½-peak req/s (open loop) | p50/p99 µs at ½ peak | nginx alone p50/p99 µs at that rate | p99 added µs (median pair) | p99 added µs, every pair |\n' "$CONNS" "$LIGHT_CONNS" "$LIGHT_CONNS"
+printf '\n| server | port open / filtering s | req/s (c=%s) | CPU µs/req | p50 µs | p99 µs | p50 µs (c=%s) | p99 µs (c=%s) | CONNECT MB/s | KiB/idle conn | ½-peak req/s (open loop) | p50/p99 µs at ½ peak | nginx alone p50/p99 µs at that rate | p99 added µs (median pair) | p99 added µs, every pair |\n' "$CONNS" "$LIGHT_CONNS" "$LIGHT_CONNS"
 printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
 printf '| direct (nginx) | | %s | | | | %s | %s | %s | | | | | | |\n' "${RPS[direct]}" "${LP50[direct]}" "${LP99[direct]}" "$((${TPUT[direct]:-0} / 1000000))"
 for s in $SERVERS; do
   [ -n "${RPS[$s]:-}" ] || continue
   added=""
   [ -n "${HP99[$s]:-}" ] && [ -n "${DP99[$s]:-}" ] && added=$(( HP99[$s] - DP99[$s] ))
-  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s | %s |\n' "$s" "${LOAD[$s]}" "${RPS[$s]}" "${CPU_US[$s]}" "${P50[$s]}" "${P99[$s]}" \
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s | %s |\n' "$s" "${LOAD[$s]} / ${FILTERING[$s]}" "${RPS[$s]}" "${CPU_US[$s]}" "${P50[$s]}" "${P99[$s]}" \
     "${LP50[$s]}" "${LP99[$s]}" "$((${TPUT[$s]:-0} / 1000000))" "${IDLE_KIB[$s]}" "${HRATE[$s]:-}" "${HP50[$s]:-}" "${HP99[$s]:-}" "${DP50[$s]:-}" "${DP99[$s]:-}" "$added" "${HALL[$s]:-}"
 done
