@@ -398,9 +398,11 @@ impl Authenticator {
         if let Some(v) = self.verified.get(&key) {
             return Credentials::Valid(v);
         }
-        if self.limiter.check(user, client, Instant::now()).is_err() {
+        // Counted before argon2 runs, so parallel attempts cannot all slip past
+        // the limit while the first ones are being checked.
+        let Ok(attempt) = self.limiter.begin(user, client, Instant::now()) else {
             return Credentials::Throttled;
-        }
+        };
         if !self.users.load().contains_key(user) {
             // A stat, not a read: cheap enough to do for every unknown name.
             self.reload_if_changed(true);
@@ -440,6 +442,7 @@ impl Authenticator {
                     Err(e) => {
                         tracing::error!("login of {user:?} not checked: {e}");
                         // Not counted as a failure: the person did nothing wrong.
+                        self.limiter.forgive(attempt);
                         return Credentials::Unavailable;
                     }
                 },
@@ -448,15 +451,13 @@ impl Authenticator {
         };
         match verdict {
             Ok(v) => {
-                self.limiter.success(user, client);
+                self.limiter.success(attempt);
                 let v = Arc::new(v);
                 self.verified.insert(key, v.clone());
                 Credentials::Valid(v)
             }
-            Err(c) => {
-                self.limiter.failure(user, client, Instant::now());
-                c
-            }
+            // Already counted by `begin`.
+            Err(c) => c,
         }
     }
 }
@@ -512,6 +513,67 @@ mod tests {
         );
         assert_eq!(parse_basic(b"Bearer abc"), None);
         assert_eq!(parse_basic(b"Basic !!!"), None);
+    }
+
+    /// An authenticator over a users file of `users` (all with password "pw").
+    fn file_of(dir: &Path, users: &[&str]) -> Arc<Authenticator> {
+        let path = dir.join("users");
+        for u in users {
+            set_password(&path, u, "pw", true, None).unwrap();
+        }
+        Arc::new(Authenticator::new(Some(path), None))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_guesses_are_counted_before_argon2_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = file_of(dir.path(), &["prof"]);
+        let ip: std::net::IpAddr = "10.0.0.9".parse().unwrap();
+        let all = futures_util::future::join_all((0..100).map(|i| {
+            let auth = auth.clone();
+            async move { auth.verify(ip, "prof", &format!("guess{i}")).await }
+        }))
+        .await;
+        let checked = all.iter().filter(|c| **c != Credentials::Throttled).count();
+        assert!(
+            checked <= MAX_FAILURES as usize,
+            "{checked} of 100 parallel guesses were checked"
+        );
+        assert!(
+            all.iter()
+                .all(|c| matches!(c, Credentials::Invalid | Credentials::Throttled))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_valid_login_between_guesses_does_not_reset_the_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..40).map(|i| format!("prof{i}")).collect();
+        let mut users: Vec<&str> = names.iter().map(String::as_str).collect();
+        users.push("eleve");
+        let auth = file_of(dir.path(), &users);
+        let ip: std::net::IpAddr = "10.0.0.9".parse().unwrap();
+        let mut checked = 0;
+        // 19 guesses at teachers' passwords, then the student's own good login
+        // (a new password each time, so never from the cache), and again.
+        let mut n = 0;
+        for round in 0..3 {
+            for _ in 0..19 {
+                let c = auth.verify(ip, &names[n % names.len()], "guess").await;
+                n += 1;
+                if c != Credentials::Throttled {
+                    checked += 1;
+                }
+            }
+            let own = format!("pw{round}");
+            set_password(&dir.path().join("users"), "eleve", &own, false, None).unwrap();
+            auth.reload();
+            let _ = auth.verify(ip, "eleve", &own).await;
+        }
+        assert_eq!(
+            checked, MAX_FAILURES,
+            "the address locks after its 20th guess"
+        );
     }
 
     #[tokio::test]
