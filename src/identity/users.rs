@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -87,6 +87,17 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+/// The hash an unknown user name's password is checked against: a random
+/// password's, made by [`hash_password`] (the parameters of every hash `vigie
+/// users` writes), once per process.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let secret = SaltString::generate(&mut OsRng);
+        hash_password(secret.as_str()).unwrap_or_default()
+    })
 }
 
 /// One line of the users file: `name:argon2-hash[:profile]`.
@@ -270,6 +281,8 @@ pub struct Authenticator {
     ldap: arc_swap::ArcSwapOption<crate::identity::ldap::LdapAuthenticator>,
     /// The `[ldap]` settings `ldap` was built from, to notice a change.
     ldap_settings: Mutex<String>,
+    /// Passwords checked with argon2 so far (see [`Authenticator::argon2_runs`]).
+    argon2_runs: AtomicU64,
 }
 
 impl Authenticator {
@@ -289,6 +302,7 @@ impl Authenticator {
             limiter: LoginLimiter::new(MAX_FAILURES, FAILURE_WINDOW),
             ldap: arc_swap::ArcSwapOption::from(ldap.map(Arc::new)),
             ldap_settings: Mutex::new(String::new()),
+            argon2_runs: AtomicU64::new(0),
         };
         a.reload();
         a
@@ -370,6 +384,26 @@ impl Authenticator {
         self.verified.invalidate_all();
     }
 
+    /// Whether `password` matches the argon2 `hash`, on the blocking pool.
+    async fn argon2(&self, hash: String, password: &str) -> bool {
+        self.argon2_runs.fetch_add(1, Ordering::Relaxed);
+        let password = password.to_string();
+        tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash).is_ok_and(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// How many passwords went through argon2 (known names and unknown ones alike).
+    pub fn argon2_runs(&self) -> u64 {
+        self.argon2_runs.load(Ordering::Relaxed)
+    }
+
     /// Checks a `Proxy-Authorization` value sent by `client`.
     pub async fn check(self: &Arc<Self>, client: std::net::IpAddr, header: &[u8]) -> Credentials {
         match parse_basic(header) {
@@ -410,16 +444,7 @@ impl Authenticator {
         let entry = self.users.load().get(user).cloned();
         let verdict = match entry {
             Some((hash, profile)) => {
-                let password = password.to_string();
-                let ok = tokio::task::spawn_blocking(move || {
-                    PasswordHash::new(&hash).is_ok_and(|h| {
-                        Argon2::default()
-                            .verify_password(password.as_bytes(), &h)
-                            .is_ok()
-                    })
-                })
-                .await
-                .unwrap_or(false);
+                let ok = self.argon2(hash, password).await;
                 ok.then(|| Verified {
                     user: Arc::from(user),
                     groups: Vec::new(),
@@ -446,7 +471,12 @@ impl Authenticator {
                         return Credentials::Unavailable;
                     }
                 },
-                None => Err(Credentials::Invalid),
+                None => {
+                    // As slow as a known name's check, so the answer's time does not
+                    // tell which names exist.
+                    self.argon2(dummy_hash().to_string(), password).await;
+                    Err(Credentials::Invalid)
+                }
             },
         };
         match verdict {
@@ -513,6 +543,33 @@ mod tests {
         );
         assert_eq!(parse_basic(b"Bearer abc"), None);
         assert_eq!(parse_basic(b"Basic !!!"), None);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_name_costs_an_argon2_run_like_a_known_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = file_of(dir.path(), &["prof"]);
+        let ip: std::net::IpAddr = "10.0.0.9".parse().unwrap();
+        assert_eq!(auth.verify(ip, "prof", "wrong").await, Credentials::Invalid);
+        assert_eq!(auth.argon2_runs(), 1);
+        assert_eq!(
+            auth.verify(ip, "nobody", "wrong").await,
+            Credentials::Invalid
+        );
+        assert_eq!(
+            auth.argon2_runs(),
+            2,
+            "the unknown name went through argon2"
+        );
+        // Against a hash of the same parameters as the file's.
+        let known = PasswordHash::new(&auth.users.load()["prof"].0)
+            .unwrap()
+            .params
+            .to_string();
+        assert_eq!(
+            PasswordHash::new(dummy_hash()).unwrap().params.to_string(),
+            known
+        );
     }
 
     /// An authenticator over a users file of `users` (all with password "pw").
