@@ -202,6 +202,12 @@ impl Handler {
         Ok(answer)
     }
 
+    /// Whether `client` is inside `client_networks` now (the TCP listener closes
+    /// anyone else's connection before reading from it).
+    pub fn is_client(&self, client: IpAddr) -> bool {
+        self.store.load().is_client(client)
+    }
+
     /// Periodic upkeep: forget idle clients' rate-limit state, export the cache size.
     pub fn maintain(&self) {
         if let Some(l) = &self.limiter {
@@ -239,8 +245,17 @@ impl Handler {
             Transport::Udp => HOT.queries_udp.inc(),
             Transport::Tcp => HOT.queries_tcp.inc(),
         }
+        let snap = self.store.load();
+        // Outsiders first: they are refused whatever their rate, and never get a
+        // rate-limit bucket (spoofed sources would otherwise fill the limiter's map).
+        if !snap.is_client(client) {
+            return Prepared::Done(match parse_or_reject(packet, started) {
+                Ok(query) => Some(self.refuse(&query, transport, "client_network", started)),
+                Err(reply) => reply,
+            });
+        }
         if let Some(l) = &self.limiter
-            && l.check_key(&client).is_err()
+            && l.check_key(&rate_key(client)).is_err()
         {
             metrics::DNS_RATE_LIMITED_TOTAL.inc();
             // Dropping on UDP gives a flooder (or a spoofed victim) nothing; a TCP
@@ -252,37 +267,14 @@ impl Handler {
         }
         let mut fq = FastQuery::empty(packet);
         if fast::parse_into(&mut fq)
-            && let Some(reply) = self.try_fast(&fq, client, transport, started)
+            && let Some(reply) = self.try_fast(&snap, &fq, client, transport, started)
         {
             return Prepared::Done(Some(reply));
         }
-        let query = match wire::parse_query(packet) {
+        let query = match parse_or_reject(packet, started) {
             Ok(q) => q,
-            Err(reject) => {
-                let action = if matches!(reject, Reject::Drop(_)) {
-                    "dropped"
-                } else {
-                    "formerr"
-                };
-                metrics::DNS_MALFORMED_TOTAL
-                    .with_label_values(&[action])
-                    .inc();
-                let reply = wire::encode_reject(&reject).map(|(bytes, rcode)| {
-                    count_response(rcode, Path::Local, started);
-                    bytes
-                });
-                return Prepared::Done(reply);
-            }
+            Err(reply) => return Prepared::Done(reply),
         };
-        let snap = self.store.load();
-        if !snap.is_client(client) {
-            return Prepared::Done(Some(self.refuse(
-                &query,
-                transport,
-                "client_network",
-                started,
-            )));
-        }
         if query.query.query_class != DNSClass::IN {
             return Prepared::Done(Some(self.refuse(&query, transport, "class", started)));
         }
@@ -350,8 +342,10 @@ impl Handler {
     /// The hot path: a query in the common shape that is blocked or answered from the
     /// cache, encoded by patching bytes. `None` hands the query to the general path
     /// (cache misses, safe search, refusals, anything unusual), which decides again.
+    /// `client` is one of `snap`'s clients (checked by the caller).
     fn try_fast(
         &self,
+        snap: &Arc<Snapshot>,
         fq: &FastQuery<'_>,
         client: IpAddr,
         transport: Transport,
@@ -360,10 +354,7 @@ impl Handler {
         if fq.qclass != u16::from(DNSClass::IN) || matches!(fq.qtype, 251 | 252) {
             return None;
         }
-        let snap = self.store.load();
-        if !snap.is_client(client) {
-            return None;
-        }
+        let snap = snap.clone();
         let now = Utc::now();
         let identity = self.identities.resolve(&snap, client, now);
         let host = fq.host();
@@ -680,6 +671,36 @@ fn count_response(rcode: ResponseCode, path: Path, started: Instant) -> Duration
     elapsed
 }
 
+/// The parsed query, or what to answer a packet that is not one (FORMERR, or
+/// nothing for a runt), counted.
+fn parse_or_reject(packet: &[u8], started: Instant) -> Result<ClientQuery, Option<Vec<u8>>> {
+    wire::parse_query(packet).map_err(|reject| {
+        let action = if matches!(reject, Reject::Drop(_)) {
+            "dropped"
+        } else {
+            "formerr"
+        };
+        metrics::DNS_MALFORMED_TOTAL
+            .with_label_values(&[action])
+            .inc();
+        wire::encode_reject(&reject).map(|(bytes, rcode)| {
+            count_response(rcode, Path::Local, started);
+            bytes
+        })
+    })
+}
+
+/// The rate limiter's and the TCP connection cap's key for a client: its IPv4
+/// address, or its IPv6 /64. One IPv6 host holds a whole /64 (SLAAC privacy
+/// addresses, or any address it likes): keyed per /128 it would get a fresh budget
+/// for every address it picks.
+pub(crate) fn rate_key(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
 /// REFUSED built from the header alone (rate-limited TCP clients: not worth a parse).
 fn refuse_header(packet: &[u8]) -> Option<Vec<u8>> {
     let id = u16::from_be_bytes([*packet.first()?, *packet.get(1)?]);
@@ -841,4 +862,102 @@ fn blocked_answer(
     }
     answer.ede = Some(plan.ede);
     answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path as FsPath;
+
+    /// A handler for `client_networks`, limited to one query per second (burst 1),
+    /// with an upstream it never reaches (the tests stop at `prepare`).
+    fn handler(client_networks: &str) -> Handler {
+        let text = format!("client_networks = {client_networks}\n[profiles.invites]\n");
+        let mut cfg = crate::config::parse(&text, "t.toml", FsPath::new("/")).unwrap();
+        cfg.sources.clear();
+        let snap = Snapshot::build(cfg, None).unwrap_or_else(|e| panic!("{e}"));
+        let spec = super::super::upstream::parse_spec("127.0.0.1:9").unwrap();
+        let ups = Upstreams::new(vec![spec], Duration::from_secs(1), None).unwrap();
+        let (audit, _rx) = AuditSink::channel(16);
+        let one = NonZeroU32::new(1).unwrap();
+        Handler::new(
+            Arc::new(SnapshotStore::new(snap)),
+            ups,
+            Arc::new(IdentityTable::new()),
+            audit,
+            HandlerOptions {
+                rate_limit: Some((one, one)),
+                cache_size: 100,
+                cache_max_ttl: 3600,
+                cache_negative_max_ttl: 300,
+                ..HandlerOptions::default()
+            },
+        )
+    }
+
+    fn query(id: u16) -> Vec<u8> {
+        let mut m = hickory_proto::op::Message::query();
+        m.metadata.id = id;
+        m.metadata.recursion_desired = true;
+        m.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii("www.example.org.").unwrap(),
+            RecordType::A,
+        ));
+        m.to_vec().unwrap()
+    }
+
+    fn rcode(p: &Prepared) -> Option<ResponseCode> {
+        match p {
+            Prepared::Done(Some(bytes)) => Some(
+                hickory_proto::op::Message::from_vec(bytes)
+                    .unwrap()
+                    .metadata
+                    .response_code,
+            ),
+            _ => None,
+        }
+    }
+
+    /// Dropped by the rate limit (UDP): no answer at all.
+    fn limited(p: &Prepared) -> bool {
+        matches!(p, Prepared::Done(None))
+    }
+
+    #[tokio::test]
+    async fn outsiders_are_refused_before_the_rate_limit_and_never_use_it() {
+        let h = handler(r#"["10.0.0.0/8"]"#);
+        let outsider: IpAddr = "192.0.2.9".parse().unwrap();
+        // Every query of an outsider is REFUSED, however many: none is dropped as
+        // rate-limited, and none takes a bucket in the limiter.
+        for id in 0..5 {
+            let p = h.prepare(&query(id), outsider, Transport::Udp);
+            assert_eq!(rcode(&p), Some(ResponseCode::Refused), "query {id}");
+        }
+        let limiter = h.limiter.as_ref().unwrap();
+        assert_eq!(limiter.len(), 0, "outsiders got rate-limit state");
+        // A client still has its own budget.
+        let client: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(!limited(&h.prepare(&query(9), client, Transport::Udp)));
+        assert!(limited(&h.prepare(&query(10), client, Transport::Udp)));
+    }
+
+    #[tokio::test]
+    async fn ipv6_clients_share_a_budget_per_64() {
+        let h = handler(r#"["2001:db8::/32"]"#);
+        let first: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:0:1:ffff::2".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:0:2::1".parse().unwrap();
+        assert!(!limited(&h.prepare(&query(1), first, Transport::Udp)));
+        // A new address in the same /64 is the same client for the limiter.
+        assert!(limited(&h.prepare(&query(2), same_64, Transport::Udp)));
+        assert!(!limited(&h.prepare(&query(3), other_64, Transport::Udp)));
+        assert_eq!(
+            rate_key("2001:db8:0:1:ffff::2".parse().unwrap()),
+            "2001:db8:0:1::".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            rate_key("192.0.2.7".parse().unwrap()),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+    }
 }
