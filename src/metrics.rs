@@ -183,6 +183,30 @@ pub static DNS_RATE_LIMITED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::
     )
 });
 
+/// TCP connections closed at accept, before anything is read, by reason
+/// (`client_network`: the source is not in `client_networks`; `client_limit`: the
+/// client already holds its share of the connections).
+pub static DNS_TCP_REFUSED_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "vigie_dns_tcp_refused_total",
+        "DNS TCP connections closed at accept, by reason.",
+        &["reason"],
+    )
+});
+
+/// UDP queries dropped because too many queries were already waiting on the
+/// upstreams (the client retries).
+pub static DNS_UPSTREAM_BACKLOG_DROPPED_TOTAL: LazyLock<prometheus::IntCounter> =
+    LazyLock::new(|| {
+        register(
+            prometheus::IntCounter::new(
+                "vigie_dns_upstream_backlog_dropped_total",
+                "DNS queries dropped because too many were waiting on the upstreams.",
+            )
+            .unwrap_or_else(|e| panic!("vigie_dns_upstream_backlog_dropped_total: {e}")),
+        )
+    });
+
 /// Answers cut to a header and question with TC set because they did not fit in UDP.
 pub static DNS_TRUNCATED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     register(
@@ -427,6 +451,8 @@ pub fn init() {
     LazyLock::force(&DNS_MALFORMED_TOTAL);
     LazyLock::force(&DNS_REFUSED_TOTAL);
     LazyLock::force(&DNS_RATE_LIMITED_TOTAL);
+    LazyLock::force(&DNS_TCP_REFUSED_TOTAL);
+    LazyLock::force(&DNS_UPSTREAM_BACKLOG_DROPPED_TOTAL);
     LazyLock::force(&DNS_TRUNCATED_TOTAL);
     LazyLock::force(&DNS_CACHE_TOTAL);
     LazyLock::force(&DNS_CACHE_ENTRIES);

@@ -327,3 +327,83 @@ fn dns_e2e_rate_limit_and_malformed() {
         "{audit}"
     );
 }
+
+/// A TCP connection to `server` from the loopback address `src`.
+fn tcp_from(src: std::net::Ipv4Addr, server: std::net::SocketAddr) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::from((src, 0)).into())
+        .unwrap();
+    s.connect(&server.into()).unwrap();
+    let s: std::net::TcpStream = s.into();
+    // Short: a test reads 32 open connections one after the other, well within
+    // vigie's idle timeout (10 s).
+    s.set_read_timeout(Some(Duration::from_millis(150)))
+        .unwrap();
+    s
+}
+
+/// Whether the server closed `s`: EOF (or a reset) rather than a timeout.
+fn closed_by_server(mut s: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut b = [0u8; 512];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue, // an answer before the close
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dns_e2e_tcp_outsiders_are_closed_and_one_client_cannot_hold_every_slot() {
+    use std::io::Write;
+    let (_dir, _up, v, _g) = setup("");
+
+    // An outsider's connection is closed, not left open after a REFUSED.
+    let mut s = tcp_from(OUTSIDER, v.dns);
+    let q = query_message("www.example.org", RecordType::A, false)
+        .to_vec()
+        .unwrap();
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    let _ = s.write_all(&framed);
+    assert!(closed_by_server(&s), "outsider's connection left open");
+    assert!(v.metric("vigie_dns_tcp_refused_total{reason=\"client_network\"}") >= 1.0);
+
+    // One client opening more connections than its share (32) gets the extra
+    // ones closed at once; another client is still answered over TCP.
+    let held: Vec<_> = (0..40).map(|_| tcp_from(PAGE_CLIENT, v.dns)).collect();
+    let shut = held.iter().filter(|s| closed_by_server(s)).count();
+    assert_eq!(shut, 8, "connections past the per-client cap");
+    assert!(v.metric("vigie_dns_tcp_refused_total{reason=\"client_limit\"}") >= 8.0);
+    let m = exchange_tcp_from(NXDOMAIN_CLIENT, v.dns);
+    assert_eq!(a_records(&m), vec![UPSTREAM_V4]);
+    drop(held);
+}
+
+fn exchange_tcp_from(
+    src: std::net::Ipv4Addr,
+    server: std::net::SocketAddr,
+) -> hickory_proto::op::Message {
+    use std::io::{Read, Write};
+    let mut s = tcp_from(src, server);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let q = query_message("tcp.example.org", RecordType::A, false)
+        .to_vec()
+        .unwrap();
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    s.write_all(&framed).unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).unwrap();
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).unwrap();
+    hickory_proto::op::Message::from_vec(&buf).unwrap()
+}

@@ -1,13 +1,16 @@
 //! The DNS transports: UDP sockets (one per worker thread, `SO_REUSEPORT`, so the
 //! kernel spreads clients across cores) and a TCP listener (RFC 7766: length-prefixed
-//! messages, idle timeout, bounded connections). Each loop stops on the shared
+//! messages, bounded connections — in all and per client —, idle timeout, a cap on
+//! queries and lifetime per connection, write timeout; outsiders closed at accept,
+//! so no client can hold slots another needs). Each loop stops on the shared
 //! `CancellationToken`; queries waiting on an upstream are tracked so shutdown can
 //! let them finish. What to answer is the handler's business, not this module's.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,11 +27,38 @@ const UDP_RECV_BUFFER: usize = 4096;
 /// Queries waiting on upstreams at once; past it a UDP query is dropped (the client
 /// retries) rather than letting a flood of unique names grow memory without bound.
 const MAX_PENDING_UPSTREAM: usize = 16_384;
-/// Simultaneous TCP connections.
-const MAX_TCP_CONNECTIONS: usize = 1_024;
-/// A TCP client that sends nothing for this long is disconnected (RFC 7766 §6.2.3
-/// suggests seconds, not minutes).
-const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds on the TCP transport. RFC 7766 §6.2.3 leaves them to the server: these
+/// follow Unbound and BIND (idle seconds, not minutes; a connection is closed after
+/// a number of queries or a lifetime, and the client simply reconnects).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpLimits {
+    /// Simultaneous connections in all.
+    pub max_connections: usize,
+    /// Simultaneous connections of one client (an IPv4 address, an IPv6 /64): a
+    /// thirty-second of the whole, so one device cannot hold every slot.
+    pub per_client: usize,
+    /// Queries answered on one connection before it is closed.
+    pub max_queries: usize,
+    /// A client that sends nothing for this long is disconnected.
+    pub idle: Duration,
+    /// Longest a connection stays open, however busy.
+    pub lifetime: Duration,
+    /// Longest an answer may take to be written (a client that stops reading).
+    pub write_timeout: Duration,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits {
+            max_connections: 1_024,
+            per_client: 32,
+            max_queries: 256,
+            idle: Duration::from_secs(10),
+            lifetime: Duration::from_secs(120),
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
 /// Kernel receive buffer asked for each UDP socket, to ride out bursts.
 const UDP_SO_RCVBUF: usize = 4 << 20;
 
@@ -37,6 +67,7 @@ pub struct Listeners {
     udp: Vec<UdpSocket>,
     tcp: TcpListener,
     local: SocketAddr,
+    tcp_limits: TcpLimits,
 }
 
 impl Listeners {
@@ -59,13 +90,24 @@ impl Listeners {
             for _ in 1..udp_sockets.max(1) {
                 udp.push(udp_socket(local)?);
             }
-            return Ok(Listeners { udp, tcp, local });
+            return Ok(Listeners {
+                udp,
+                tcp,
+                local,
+                tcp_limits: TcpLimits::default(),
+            });
         }
         Err(last_err.unwrap_or_else(|| io::Error::other("cannot bind DNS listener")))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Other TCP bounds than the defaults (tests lower them).
+    pub fn with_tcp_limits(mut self, limits: TcpLimits) -> Self {
+        self.tcp_limits = limits;
+        self
     }
 
     /// Starts the UDP loops and the TCP accept loop in `tasks`.
@@ -86,7 +128,13 @@ impl Listeners {
                 cancel.clone(),
             ));
         }
-        tasks.spawn(tcp_loop(self.tcp, handler, tracker, cancel));
+        tasks.spawn(tcp_loop(
+            self.tcp,
+            self.tcp_limits,
+            handler,
+            tracker,
+            cancel,
+        ));
     }
 }
 
@@ -231,6 +279,7 @@ fn forward_udp(
     peer: SocketAddr,
 ) {
     let Ok(permit) = pending.clone().try_acquire_owned() else {
+        crate::metrics::DNS_UPSTREAM_BACKLOG_DROPPED_TOTAL.inc();
         tracing::debug!(%peer, "too many queries waiting on upstreams; dropped");
         return;
     };
@@ -291,13 +340,59 @@ async fn udp_loop(
     }
 }
 
+/// Connections open per client, for [`TcpLimits::per_client`].
+#[derive(Default)]
+struct ClientSlots {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`ClientSlots`]; given back when dropped.
+struct ClientSlot {
+    slots: Arc<ClientSlots>,
+    key: IpAddr,
+}
+
+impl ClientSlots {
+    /// A slot for `key`, unless it already holds `max`.
+    fn take(self: &Arc<Self>, key: IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            slots: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 async fn tcp_loop(
     listener: TcpListener,
+    limits: TcpLimits,
     handler: Arc<Handler>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    let limit = Arc::new(Semaphore::new(limits.max_connections));
+    let per_client = Arc::new(ClientSlots::default());
     loop {
         let permit = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -318,11 +413,29 @@ async fn tcp_loop(
                 }
             },
         };
+        // Closed before anything is read: an outsider would otherwise hold a slot
+        // for the idle timeout after its REFUSED (UDP still answers it REFUSED).
+        let ip = peer.ip().to_canonical();
+        if !handler.is_client(ip) {
+            crate::metrics::DNS_TCP_REFUSED_TOTAL
+                .with_label_values(&["client_network"])
+                .inc();
+            tracing::debug!(%peer, "dns tcp: not a client, closed");
+            continue;
+        }
+        let Some(slot) = per_client.take(super::handler::rate_key(ip), limits.per_client) else {
+            crate::metrics::DNS_TCP_REFUSED_TOTAL
+                .with_label_values(&["client_limit"])
+                .inc();
+            tracing::debug!(%peer, "dns tcp: the client holds {} connections, closed", limits.per_client);
+            continue;
+        };
         let (h, c) = (handler.clone(), cancel.clone());
         tracker.spawn(async move {
-            if let Err(e) = tcp_connection(stream, peer, h, c).await {
+            if let Err(e) = tcp_connection(stream, peer, limits, h, c).await {
                 tracing::debug!(%peer, "dns tcp connection: {e}");
             }
+            drop(slot);
             drop(permit);
         });
     }
@@ -331,22 +444,30 @@ async fn tcp_loop(
 async fn tcp_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
+    limits: TcpLimits,
     handler: Arc<Handler>,
     cancel: CancellationToken,
 ) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
+    let closes_at = Instant::now() + limits.lifetime;
     let mut buf = Vec::with_capacity(512);
-    loop {
+    // Past `max_queries` the connection is closed between two messages, which RFC
+    // 7766 §6.2.3 allows at any time: the client reconnects.
+    for _ in 0..limits.max_queries {
+        // Idle time counts from the last answer, but never past the lifetime.
+        let wait = limits
+            .idle
+            .min(closes_at.saturating_duration_since(Instant::now()));
         let len = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            r = tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_u16()) => match r {
+            r = tokio::time::timeout(wait, stream.read_u16()) => match r {
                 Err(_) => return Ok(()),
                 Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
                 Ok(r) => r?,
             },
         };
         buf.resize(usize::from(len), 0);
-        tokio::time::timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut buf))
+        tokio::time::timeout(limits.idle, stream.read_exact(&mut buf))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "partial message"))??;
         let Some(reply) = handler.handle(&buf, peer.ip(), Transport::Tcp).await else {
@@ -359,6 +480,179 @@ async fn tcp_connection(
         let mut out = Vec::with_capacity(reply.len() + 2);
         out.extend_from_slice(&rlen.to_be_bytes());
         out.extend_from_slice(&reply);
-        stream.write_all(&out).await?;
+        // A client that stops reading would otherwise hold the slot for ever.
+        tokio::time::timeout(limits.write_timeout, stream.write_all(&out))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "answer not read"))??;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditSink;
+    use crate::dns::HandlerOptions;
+    use crate::dns::upstream::{self, Upstreams};
+    use crate::dns::wire::Answer;
+    use crate::identity::IdentityTable;
+    use crate::snapshot::{Snapshot, SnapshotStore};
+    use hickory_proto::op::{Message, Query, ResponseCode};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    /// Clients 127.0.0.1 and 127.0.0.2; `b.test` A is in the cache, so answering it
+    /// needs no upstream.
+    fn handler() -> Arc<Handler> {
+        let text = "client_networks = [\"127.0.0.1/32\", \"127.0.0.2/32\"]\n[profiles.invites]\n";
+        let mut cfg = crate::config::parse(text, "t.toml", std::path::Path::new("/")).unwrap();
+        cfg.sources.clear();
+        let snap = Snapshot::build(cfg, None).unwrap_or_else(|e| panic!("{e}"));
+        let spec = upstream::parse_spec("127.0.0.1:9").unwrap();
+        let ups = Upstreams::new(vec![spec], Duration::from_secs(1), None).unwrap();
+        let (audit, _rx) = AuditSink::channel(16);
+        let h = Handler::new(
+            Arc::new(SnapshotStore::new(snap)),
+            ups,
+            Arc::new(IdentityTable::new()),
+            audit,
+            HandlerOptions {
+                cache_size: 100,
+                cache_max_ttl: 3600,
+                cache_negative_max_ttl: 300,
+                ..HandlerOptions::default()
+            },
+        );
+        let name = Name::from_ascii("b.test.").unwrap();
+        let answer = Answer {
+            answers: vec![Record::from_rdata(
+                name.clone(),
+                300,
+                RData::A(A::new(192, 0, 2, 1)),
+            )],
+            ..Answer::rcode(ResponseCode::NoError)
+        };
+        h.cache_insert(&name, RecordType::A, &answer);
+        Arc::new(h)
+    }
+
+    /// Serves `handler()` on a free loopback port with `limits`.
+    fn serve(limits: TcpLimits) -> (SocketAddr, CancellationToken, JoinSet<()>) {
+        let listeners = Listeners::bind("127.0.0.1:0".parse().unwrap(), 1)
+            .unwrap()
+            .with_tcp_limits(limits);
+        let addr = listeners.local_addr();
+        let (mut tasks, cancel) = (JoinSet::new(), CancellationToken::new());
+        listeners.serve(handler(), &mut tasks, TaskTracker::new(), cancel.clone());
+        (addr, cancel, tasks)
+    }
+
+    async fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(format!("{src}:0").parse().unwrap()).unwrap();
+        s.connect(to).await.unwrap()
+    }
+
+    /// Sends one query for `b.test` A; its answer's rcode, `None` if the server
+    /// closed the connection or said nothing within a second.
+    async fn ask(s: &mut TcpStream, id: u16) -> Option<ResponseCode> {
+        let mut m = Message::query();
+        m.metadata.id = id;
+        m.add_query(Query::query(
+            Name::from_ascii("b.test.").unwrap(),
+            RecordType::A,
+        ));
+        let q = m.to_vec().unwrap();
+        let mut out = (q.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(&q);
+        s.write_all(&out).await.ok()?;
+        let exchange = async {
+            let len = s.read_u16().await.ok()?;
+            let mut buf = vec![0u8; usize::from(len)];
+            s.read_exact(&mut buf).await.ok()?;
+            Message::from_vec(&buf).ok()
+        };
+        let m = tokio::time::timeout(Duration::from_secs(1), exchange)
+            .await
+            .ok()??;
+        assert_eq!(m.metadata.id, id);
+        Some(m.metadata.response_code)
+    }
+
+    /// Whether the server closed `s` (EOF or reset within half a second).
+    async fn closed(s: &mut TcpStream) -> bool {
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_client_at_its_cap_cannot_starve_another_and_outsiders_are_closed() {
+        let refused = |r: &str| {
+            crate::metrics::DNS_TCP_REFUSED_TOTAL
+                .with_label_values(&[r])
+                .get()
+        };
+        let (over_cap, outsiders) = (refused("client_limit"), refused("client_network"));
+        let (addr, cancel, _tasks) = serve(TcpLimits {
+            max_connections: 8,
+            per_client: 4,
+            ..TcpLimits::default()
+        });
+        // One client opens as many connections as the whole listener takes, and
+        // sends nothing on them.
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(connect_from("127.0.0.1", addr).await);
+        }
+        let mut shut = 0;
+        for s in &mut held {
+            if closed(s).await {
+                shut += 1;
+            }
+        }
+        assert_eq!(shut, 4, "connections past the client's cap are closed");
+        assert!(refused("client_limit") >= over_cap + 4);
+        // Another client is still served.
+        let mut other = connect_from("127.0.0.2", addr).await;
+        assert_eq!(ask(&mut other, 1).await, Some(ResponseCode::NoError));
+        // An outsider is closed without an answer.
+        let mut outsider = connect_from("127.0.0.9", addr).await;
+        assert_eq!(ask(&mut outsider, 2).await, None);
+        assert!(refused("client_network") > outsiders);
+        cancel.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_ends_after_its_queries_or_its_lifetime() {
+        let (addr, cancel, _tasks) = serve(TcpLimits {
+            max_queries: 3,
+            lifetime: Duration::from_millis(800),
+            ..TcpLimits::default()
+        });
+        let mut s = connect_from("127.0.0.1", addr).await;
+        for id in 0..3 {
+            assert_eq!(ask(&mut s, id).await, Some(ResponseCode::NoError));
+        }
+        assert!(closed(&mut s).await, "closed after max_queries");
+
+        // Busy, never idle, but not for longer than the lifetime.
+        let mut s = connect_from("127.0.0.1", addr).await;
+        let started = Instant::now();
+        let mut answered = 0;
+        while ask(&mut s, answered).await.is_some() {
+            answered += 1;
+            assert!(answered < 3 || started.elapsed() < Duration::from_secs(2));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert!(
+            (1..=3).contains(&answered),
+            "{answered} answers in {:?}",
+            started.elapsed()
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        cancel.cancel();
     }
 }
