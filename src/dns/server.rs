@@ -625,6 +625,30 @@ mod tests {
         cancel.cancel();
     }
 
+    #[tokio::test]
+    async fn a_query_past_the_upstream_backlog_is_dropped_and_counted() {
+        let h = handler();
+        let mut m = Message::query();
+        m.add_query(Query::query(
+            Name::from_ascii("miss.test.").unwrap(),
+            RecordType::A,
+        ));
+        let Prepared::Forward(p) = h.prepare(
+            &m.to_vec().unwrap(),
+            "127.0.0.1".parse().unwrap(),
+            Transport::Udp,
+        ) else {
+            panic!("a cache miss goes upstream");
+        };
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let before = crate::metrics::DNS_UPSTREAM_BACKLOG_DROPPED_TOTAL.get();
+        let full = Arc::new(Semaphore::new(0));
+        let tracker = TaskTracker::new();
+        forward_udp(&h, &sock, &tracker, &full, p, sock.local_addr().unwrap());
+        assert!(tracker.is_empty(), "nothing was sent upstream");
+        assert!(crate::metrics::DNS_UPSTREAM_BACKLOG_DROPPED_TOTAL.get() > before);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_connection_ends_after_its_queries_or_its_lifetime() {
         let (addr, cancel, _tasks) = serve(TcpLimits {
