@@ -33,6 +33,20 @@ pub fn routes() -> Routes {
 /// The periods offered, in days.
 const PERIODS: &[u32] = &[1, 7, 30, 90];
 
+/// The narrowest network a view may be narrowed to: below this, "a network's
+/// blocks" is one device's history, which only the auditors' page opens (with a
+/// justification, recorded).
+const MIN_PREFIX_V4: u8 = 24;
+const MIN_PREFIX_V6: u8 = 64;
+
+/// Whether `net` is narrower than an aggregate view may go.
+fn too_narrow(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(n) => n.prefix_len() > MIN_PREFIX_V4,
+        IpNet::V6(n) => n.prefix_len() > MIN_PREFIX_V6,
+    }
+}
+
 #[derive(Deserialize, Default, Clone)]
 pub struct DashQuery {
     #[serde(default)]
@@ -103,7 +117,19 @@ async fn dashboard(
     // The networks this view counts: the person's (all when unrestricted),
     // narrowed to one of them when asked.
     let mine = s.networks();
-    let chosen: Option<IpNet> = q.net.as_deref().and_then(|n| n.parse().ok());
+    let chosen: Option<IpNet> = q.net.as_deref().and_then(|n| n.trim().parse().ok());
+    if chosen.as_ref().is_some_and(too_narrow) {
+        return super::layout::message(
+            &s.chrome(),
+            axum::http::StatusCode::BAD_REQUEST,
+            tr(lang, "Filtre trop étroit", "Filter too narrow"),
+            tr(
+                lang,
+                "Le tableau de bord montre des ensembles : un filtre de réseau doit couvrir au moins un /24 (IPv4) ou un /64 (IPv6). L'historique d'un appareil ou d'une personne se consulte, avec un motif consigné, dans « Historique d'une personne ».",
+                "The dashboard shows aggregates: a network filter must cover at least a /24 (IPv4) or a /64 (IPv6). One device's or one person's history is read, with a recorded justification, under \"A person's history\".",
+            ),
+        );
+    }
     let networks: Vec<IpNet> = match (&mine, chosen) {
         (Some(m), Some(c)) if m.iter().any(|n| n.contains(&c)) => vec![c],
         (Some(m), _) => m.clone(),
@@ -308,7 +334,10 @@ async fn dashboard(
                         h2 { (tr(lang, "Par école (réseau)", "By school (network)")) }
                         (table(tr(lang, "Blocages par réseau", "Blocks by network"), tr(lang, "Réseau", "Network"), html! {
                             @for (label, net, n) in &numbers.networks {
-                                tr { td { (label) } td.n { a href=(q.link("net", Some(net))) { (n) } } }
+                                @let wide = net.parse::<IpNet>().is_ok_and(|n| !too_narrow(&n));
+                                tr { td { (label) } td.n {
+                                    @if wide { a href=(q.link("net", Some(net))) { (n) } } @else { (n) }
+                                } }
                             }
                         }))
                     }
@@ -474,6 +503,18 @@ fn nice_ceiling(v: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_filters_stay_aggregate() {
+        let narrow = |s: &str| too_narrow(&s.parse().unwrap());
+        assert!(!narrow("10.1.0.0/16"));
+        assert!(!narrow("10.1.2.0/24"));
+        assert!(narrow("10.1.2.0/25"));
+        assert!(narrow("10.1.2.3/32"));
+        assert!(!narrow("2001:db8:1:2::/64"));
+        assert!(narrow("2001:db8:1:2::/65"));
+        assert!(narrow("2001:db8::5/128"));
+    }
 
     #[test]
     fn nice_ceilings() {
