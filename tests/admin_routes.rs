@@ -60,6 +60,11 @@ role = "director"
 networks = ["{SCHOOL_A}/32"]
 
 [[admin.roles]]
+user = "direction-b"
+role = "director"
+networks = ["{SCHOOL_B}/32"]
+
+[[admin.roles]]
 user = "verif"
 role = "auditor"
 
@@ -82,12 +87,19 @@ block = ["gambling"]
 deny = ["{DENIED}", "{DENIED_B}"]
 bare_ip = "allow"
 
+# School A's own profile: only its network has it, so its director may unblock
+# for the whole profile.
+[profiles.eleves-a]
+block = ["gambling"]
+deny = ["{DENIED}", "{DENIED_B}"]
+bare_ip = "allow"
+
 [profiles.personnel]
 bare_ip = "allow"
 
 [[networks]]
 cidr = "{SCHOOL_A}/32"
-profile = "eleves"
+profile = "eleves-a"
 name = "École A"
 
 [[networks]]
@@ -130,7 +142,14 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 fn admin_pages_forms_roles_and_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), false);
-    for u in ["ti", "direction", "direction-a", "verif", "eleve1"] {
+    for u in [
+        "ti",
+        "direction",
+        "direction-a",
+        "direction-b",
+        "verif",
+        "eleve1",
+    ] {
         add_user(&cfg, u, PASSWORD);
     }
     let up = Upstream::start("");
@@ -246,6 +265,20 @@ fn admin_pages_forms_roles_and_refusals() {
     assert!(dash.body.contains("École A"), "split by school");
     let narrowed = dir_b.get("/admin/?days=7&category=gambling");
     assert_eq!(total(&narrowed.body), 3, "the three gambling queries");
+    // Narrowed to one device, an aggregate is that device's history: refused.
+    for one in ["127.0.0.7/32", "127.0.0.0/25", "::1/128"] {
+        let r = dir_b.get(&format!("/admin/?days=7&net={}", qe(one)));
+        assert_eq!(r.status, 400, "{one}: {}", r.body);
+        assert!(r.body.contains("au moins un /24"), "{one}: {}", r.body);
+        assert!(!r.body.contains("id=\"total\""), "{one}: no numbers");
+    }
+    let wide = dir_b.get("/admin/?days=7&net=127.0.0.0%2F24");
+    assert_eq!(wide.status, 200);
+    assert!(total(&wide.body) >= 4, "a /24 is an aggregate");
+    assert!(
+        !dash.body.contains("net=127.0.0.7"),
+        "no link to one device's numbers"
+    );
     assert_eq!(dir_b.get("/admin/live").status, 200);
     // A director is refused the IT admins' and the auditors' pages.
     for page in ["/admin/accesses", "/admin/history"] {
@@ -337,6 +370,33 @@ fn admin_pages_forms_roles_and_refusals() {
     );
     let dash_a = dir_a.get("/admin/");
     assert!(dash_a.body.contains("127.0.0.7/32"));
+    // Who is behind an address: only within the director's networks.
+    let check = |ip: &str| dir_a.get(&format!("/admin/check?target={DENIED}&ip={ip}"));
+    assert_eq!(check(SCHOOL_A).status, 200);
+    let elsewhere = check(SCHOOL_B);
+    assert_eq!(elsewhere.status, 403, "{}", elsewhere.body);
+    assert!(!elsewhere.body.contains("id=\"verdict\""));
+    // School B's profile is the default one (every unmapped client): its
+    // restricted director cannot unblock for the whole of it.
+    let dir_rb = Browser::new(dir.path(), &v, "direction-b", STAFF);
+    login_ok(&dir_rb, "direction-b");
+    let list_b = dir_rb.get("/admin/reviews");
+    assert!(list_b.body.contains(DENIED_B) && !list_b.body.contains(DENIED));
+    assert!(
+        list_b.body.contains("seul le service informatique"),
+        "{}",
+        list_b.body
+    );
+    let whole = dir_rb.post(
+        &format!("/admin/reviews/{id_b}/approve"),
+        &[
+            ("csrf", &csrf_token(&list_b.body)),
+            ("scope", "profile"),
+            ("hours", "24"),
+        ],
+    );
+    assert_eq!(whole.status, 400, "{}", whole.body);
+    assert!(whole.body.contains("hors de vos écoles"), "{}", whole.body);
 
     // Approve for the profile, a day: effective at once, DNS and proxy alike.
     let approved = dir_a.post(

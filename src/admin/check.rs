@@ -64,7 +64,20 @@ async fn check(
             }
         }
     } else if !q.ip.trim().is_empty() {
-        match q.ip.trim().parse() {
+        match q.ip.trim().parse::<std::net::IpAddr>() {
+            // Who is behind an address is only shown within the person's networks.
+            Ok(ip) if !s.sees_ip(&ip.to_string()) => {
+                return super::layout::message(
+                    &s.chrome(),
+                    axum::http::StatusCode::FORBIDDEN,
+                    tr(lang, "Accès refusé", "Access denied"),
+                    tr(
+                        lang,
+                        "Cette adresse n'est pas dans vos réseaux.",
+                        "This address is not in your networks.",
+                    ),
+                );
+            }
             Ok(ip) => Some(admin.identities.resolve(&snap, ip, Utc::now())),
             Err(_) => {
                 problem = Some(format!(

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::{Duration, Utc};
+use ipnet::IpNet;
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -54,6 +55,49 @@ pub fn refresh_grants_blocking(admin: &Admin) -> Result<(), AdminError> {
     let list = rows.into_iter().filter_map(grant_of).collect();
     admin.store.set_grants(Grants::new(list));
     Ok(())
+}
+
+/// Whether a grant for `profile` stays inside `nets` (a restricted director's
+/// networks): a grant is matched on the profile alone, wherever its people are, so
+/// every place the profile applies must be one of `nets`. A profile that is the
+/// default (every unmapped client), or that follows people (the users file, the
+/// directory's groups), reaches beyond any list of networks.
+fn profile_within(
+    snap: &crate::snapshot::Snapshot,
+    auth: &crate::identity::users::Authenticator,
+    profile: &str,
+    nets: &[IpNet],
+) -> bool {
+    let cfg = &snap.config;
+    let Some(id) = cfg.profile_id(profile) else {
+        return false;
+    };
+    let covered = |net: &IpNet| nets.iter().any(|m| m.contains(net));
+    id != cfg.default_profile
+        && cfg
+            .networks
+            .iter()
+            .filter(|n| n.profile == id)
+            .all(|n| covered(&n.net))
+        && cfg
+            .mappings
+            .iter()
+            .filter(|m| m.profile == id)
+            .all(|m| covered(&m.net))
+        && !cfg
+            .ldap
+            .as_ref()
+            .is_some_and(|l| l.groups.iter().any(|(_, p)| p == profile))
+        && !auth.gives_profile(profile)
+}
+
+/// Whether this person may approve `profile`-wide: anyone unrestricted, a
+/// restricted director only for a profile inside their networks.
+fn may_grant_profile(admin: &Admin, s: &Session, profile: &str) -> bool {
+    match s.networks() {
+        None => true,
+        Some(nets) => profile_within(&admin.store.load(), &admin.auth, profile, &nets),
+    }
 }
 
 fn grant_of(r: Review) -> Option<Grant> {
@@ -515,6 +559,12 @@ async fn list(State(admin): State<Arc<Admin>>, s: Session) -> Response {
                         dt { (tr(lang, "Le", "On")) } dd { (when(r.created)) }
                         dt { (tr(lang, "Référence", "Reference")) } dd { code { (r.reference) } }
                     }
+                    @let by_profile = may_grant_profile(&admin, &s, &r.profile);
+                    @if r.requester.is_none() && !by_profile && restricted {
+                        p.hint { (tr(lang,
+                            "La personne n'est pas identifiée et son profil s'applique aussi hors de vos écoles : seul le service informatique peut accepter cette demande. Vous pouvez la refuser.",
+                            "The person is not identified and their profile also applies outside your schools: only IT can approve this request. You may refuse it.")) }
+                    } @else {
                     form.inline method="post" action=(format!("/admin/reviews/{}/approve", r.id)) {
                         input type="hidden" name="csrf" value=(s.csrf);
                         div {
@@ -523,7 +573,9 @@ async fn list(State(admin): State<Arc<Admin>>, s: Session) -> Response {
                                 @if r.requester.is_some() {
                                     option value="user" { (tr(lang, "Cette personne", "This person")) }
                                 }
-                                option value="profile" { (tr(lang, "Ce profil", "This profile")) " (" (r.profile) ")" }
+                                @if by_profile {
+                                    option value="profile" { (tr(lang, "Ce profil", "This profile")) " (" (r.profile) ")" }
+                                }
                                 @if !restricted {
                                     option value="everyone" { (tr(lang, "Tout le monde", "Everyone")) }
                                 }
@@ -538,6 +590,7 @@ async fn list(State(admin): State<Arc<Admin>>, s: Session) -> Response {
                             }
                         }
                         button type="submit" { (tr(lang, "Accepter", "Approve")) }
+                    }
                     }
                     form.inline method="post" action=(format!("/admin/reviews/{}/refuse", r.id)) {
                         input type="hidden" name="csrf" value=(s.csrf);
@@ -677,7 +730,14 @@ async fn approve(
                 ));
             }
         },
-        "profile" => Some(r.profile.clone()),
+        "profile" if may_grant_profile(&admin, &s, &r.profile) => Some(r.profile.clone()),
+        "profile" => {
+            return bad(tr(
+                lang,
+                "Ce profil s'applique aussi hors de vos écoles : vous ne pouvez pas débloquer pour tout ce profil. Débloquez pour cette personne, ou demandez au service informatique.",
+                "This profile also applies outside your schools: you cannot unblock for the whole profile. Unblock for this person, or ask IT.",
+            ));
+        }
         "everyone" if s.networks().is_none() => None,
         "everyone" => {
             return bad(tr(
@@ -764,6 +824,47 @@ async fn refuse(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_profile_grant_stays_inside_a_restricted_directors_networks() {
+        let cfg = crate::config::parse(
+            r#"
+default_profile = "eleves"
+client_networks = ["10.0.0.0/8"]
+[profiles.eleves]
+[profiles.eleves-a]
+[profiles.eleves-ab]
+[profiles.personnel]
+[[networks]]
+cidr = "10.1.0.0/16"
+profile = "eleves-a"
+[[networks]]
+cidr = "10.1.0.0/16"
+profile = "eleves-ab"
+[[networks]]
+cidr = "10.2.0.0/16"
+profile = "eleves-ab"
+"#,
+            "t.toml",
+            std::path::Path::new("/"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let snap = crate::snapshot::Snapshot::build(cfg, None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users");
+        crate::identity::users::set_password(&users, "prof", "pw", true, Some("personnel"))
+            .unwrap();
+        let auth = crate::identity::users::Authenticator::new(Some(users), None);
+        let a: Vec<IpNet> = vec!["10.1.0.0/16".parse().unwrap()];
+        let within = |p: &str| profile_within(&snap, &auth, p, &a);
+        assert!(within("eleves-a"), "only school A's network has it");
+        assert!(!within("eleves-ab"), "school B's network has it too");
+        assert!(!within("eleves"), "the default: every unmapped client");
+        assert!(!within("personnel"), "follows a user of the file anywhere");
+        assert!(!within("inconnu"));
+        let both: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(profile_within(&snap, &auth, "eleves-ab", &both));
+    }
 
     #[test]
     fn hosts_and_references_are_cleaned() {

@@ -316,6 +316,15 @@ impl Authenticator {
         self.users.load().len()
     }
 
+    /// Whether the users file gives someone `profile`: that profile then follows
+    /// them to whichever network they log in from.
+    pub fn gives_profile(&self, profile: &str) -> bool {
+        self.users
+            .load()
+            .values()
+            .any(|(_, p)| p.as_deref() == Some(profile))
+    }
+
     /// Whether anyone can log in at all (a users file with users, or a directory).
     pub fn has_backend(&self) -> bool {
         self.ldap.load().is_some() || self.user_count() > 0
