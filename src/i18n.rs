@@ -81,9 +81,9 @@ pub enum Msg {
     ReasonBareIp,
     ReasonDenyOverride,
     ReasonCircumvention,
-    ReasonNotTls,
-    ReasonSniMismatch,
     ReasonCategory,
+    ReasonProtocol,
+    ReasonUnknownProfile,
     NotClient,
     Internal,
     PortNotAllowed,
@@ -150,17 +150,17 @@ fn entry(msg: Msg) -> (&'static str, &'static str) {
             "Tentative de contournement du filtre.",
             "Attempt to get around the filter.",
         ),
-        ReasonNotTls => (
-            "Ce tunnel ne transporte pas du HTTPS (VPN, SSH ou pair-à-pair) : refusé.",
-            "This tunnel does not carry HTTPS (VPN, SSH or peer-to-peer): refused.",
-        ),
-        ReasonSniMismatch => (
-            "Le nom demandé ne correspond pas au nom de la connexion sécurisée.",
-            "The name asked for does not match the secure connection's name.",
-        ),
         ReasonCategory => (
             "Catégorie bloquée pour ce profil.",
             "Category blocked for this profile.",
+        ),
+        ReasonProtocol => (
+            "Protocole refusé (pair-à-pair, VPN ou tunnel).",
+            "Protocol refused (peer-to-peer, VPN or tunnel).",
+        ),
+        ReasonUnknownProfile => (
+            "Votre profil n'existe plus dans la configuration : accès refusé par précaution.",
+            "Your profile is no longer in the configuration: refused as a precaution.",
         ),
         NotClient => (
             "Votre réseau n'est pas autorisé à utiliser ce mandataire.",
@@ -250,7 +250,8 @@ mod tests {
         for m in [
             Msg::BlockedTitle,
             Msg::NotClient,
-            Msg::ReasonNotTls,
+            Msg::ReasonProtocol,
+            Msg::ReasonUnknownProfile,
             Msg::Loop,
         ] {
             assert!(!t(Lang::Fr, m).is_empty());

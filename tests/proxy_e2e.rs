@@ -887,6 +887,13 @@ fn proxy_connect_tls_decided_on_sni() {
     let ev = audit_line(dir.path(), &[&format!("\"sni\":\"{GAMBLING}\"")]);
     assert_eq!(ev["verdict"], "block");
     assert_eq!(ev["category"], "gambling");
+    // The client saw 200 to its CONNECT, then an alert: the record says vigie
+    // refused (403), with a reference like every block.
+    assert_eq!(ev["status"], 403, "{ev}");
+    assert!(
+        ev["reference"].as_str().is_some_and(|r| !r.is_empty()),
+        "{ev}"
+    );
 
     // A blocked CONNECT host: 403 with the facts in headers and body.
     let r = curl(
@@ -1124,11 +1131,69 @@ fn proxy_blocks_tracker_announces_and_names_resolving_to_listed_addresses() {
     );
     assert_eq!(ev["entry"], "127.0.0.1/32");
     assert_eq!(ev["verdict"], "block");
+    // Plain HTTP by name to that address: refused the same way.
+    let before = origin.accepted.load(Ordering::SeqCst);
+    let r = curl_with(
+        &[
+            "-x",
+            &format!("http://{}", v.proxy),
+            "--interface",
+            PERSONNEL,
+        ],
+        &[&format!("http://localhost:{}/hello", origin.port())],
+    );
+    assert_eq!(r.status, 403, "{}", r.headers);
+    assert_eq!(
+        r.header("x-vigie-rule").as_deref(),
+        Some("personnel: block tor")
+    );
+    assert_eq!(origin.accepted.load(Ordering::SeqCst), before);
+    let ev = audit_line(dir.path(), &["\"kind\":\"http\"", "\"category\":\"tor\""]);
+    assert_eq!(ev["entry"], "127.0.0.1/32");
     let m = v.http_get("/metrics");
     assert!(
         m.contains("vigie_proxy_circumvention_total{protocol=\"tracker_announce\"} 1"),
         "{m}"
     );
+}
+
+#[test]
+fn proxy_decides_paths_in_the_spelling_the_origin_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start();
+    let cfg = write_proxy_config(dir.path(), true, 443, "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "bare_ip = \"block\"",
+        "bare_ip = \"block\"\nallow = [\"localhost/hello\"]\ndeny = [\"localhost/secret\"]",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let v = Vigie::start(&cfg, &["127.0.0.1:9".parse().unwrap()], dir.path());
+    let base = format!("http://localhost:{}", origin.port());
+
+    // A deny override is not stepped around by another spelling of its path, nor
+    // by an allowed prefix followed by `..`.
+    for path in [
+        "/secret",
+        "//secret",
+        "/./secret",
+        "/%73ecret",
+        "/hello/../secret",
+        "/x/%2e%2e/secret",
+    ] {
+        let r = curl(v.proxy, &["--path-as-is", &format!("{base}{path}")]);
+        assert_eq!(r.status, 403, "{path}: {}", r.headers);
+        assert_eq!(
+            r.header("x-vigie-rule").as_deref(),
+            Some("eleves: deny localhost/secret"),
+            "{path}"
+        );
+    }
+    // What was decided is what is sent: the normal spelling.
+    let r = curl(v.proxy, &["--path-as-is", &format!("{base}/x/../%68ello")]);
+    assert_eq!(r.status, 200, "{}", r.headers);
+    assert_eq!(r.text(), "hello from origin");
+    let ev = audit_line(dir.path(), &["\"status\":200"]);
+    assert_eq!(ev["path"], "/hello");
 }
 
 #[test]
@@ -1217,6 +1282,41 @@ fn proxy_authentication_407_and_identity_in_audit() {
     assert!(
         m.contains("vigie_proxy_refused_total{reason=\"auth\"}"),
         "{m}"
+    );
+
+    // A user whose profile the configuration no longer defines gets the default
+    // (strictest) profile, not the network's: from the staff network, a bare IP
+    // (allowed for `personnel`) is refused as for `eleves`.
+    common::add_user(&cfg, "bob", "mot de passe");
+    let users: String = std::fs::read_to_string(dir.path().join("users"))
+        .unwrap()
+        .lines()
+        .map(|l| match l.starts_with("bob:") {
+            true => format!("{l}:restreint\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(dir.path().join("users"), users).unwrap();
+    let bare = format!("http://127.0.0.1:{}/hello", origin.port());
+    let r = curl(
+        v.proxy,
+        &[
+            "--interface",
+            AUTH_CLIENT,
+            "-U",
+            "alice:motdepasse secret",
+            &bare,
+        ],
+    );
+    assert_eq!(r.status, 200, "staff may reach a bare IP: {}", r.headers);
+    let r = curl(
+        v.proxy,
+        &["--interface", AUTH_CLIENT, "-U", "bob:mot de passe", &bare],
+    );
+    assert_eq!(r.status, 403, "{}", r.headers);
+    assert_eq!(
+        r.header("x-vigie-rule").as_deref(),
+        Some("eleves: bare_ip = block")
     );
 }
 
@@ -1402,6 +1502,102 @@ fn proxy_max_connections_counts_tunnels() {
         let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf)).await.expect("served once a tunnel ended").unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
     });
+}
+
+#[test]
+fn proxy_slow_upload_is_not_cut_by_the_first_byte_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start();
+    let v = start_vigie_with(dir.path(), true, 443, "first_byte_timeout_ms = 1000");
+    // 60 KB at 20 KB/s: three seconds of upload, three times the timeout; the
+    // origin answers once it has read everything.
+    let body = dir.path().join("upload.bin");
+    std::fs::write(&body, vec![b'x'; 60_000]).unwrap();
+    let data = format!("@{}", body.display());
+    let r = curl(
+        v.proxy,
+        &[
+            "--limit-rate",
+            "20K",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &data,
+            &format!("http://localhost:{}/echo", origin.port()),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.headers);
+    assert_eq!(r.body.len(), 60_000);
+}
+
+#[test]
+fn proxy_one_client_cannot_take_every_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start();
+    let tls = TlsOrigin::start();
+    let port = tls.addr.port();
+    let v = start_vigie_with(dir.path(), true, port, "max_connections_per_client = 2");
+    let req = format!(
+        "GET http://localhost:{p}/hello HTTP/1.1\r\nHost: localhost:{p}\r\nConnection: close\r\n\r\n",
+        p = origin.port()
+    );
+    rt().block_on(async {
+        let mut tunnels = Vec::new();
+        for _ in 0..2 {
+            let (status, _, s) =
+                connect_via(v.proxy, "127.0.0.1", &format!("localhost:{port}"), "").await;
+            assert_eq!(status, 200);
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            tunnels.push(tls_client(&tls.cert_der).connect(name, s).await.unwrap());
+        }
+        // A third connection from the same address is closed at once…
+        let mut third = tokio::net::TcpStream::connect(v.proxy).await.unwrap();
+        let _ = third.write_all(req.as_bytes()).await;
+        let mut buf = vec![0u8; 4096];
+        let got = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+            .await
+            .expect("closed, not left waiting");
+        assert!(matches!(got, Ok(0) | Err(_)), "{got:?}");
+        // …while another client is served.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{PERSONNEL}:0").parse().unwrap())
+            .unwrap();
+        let mut other = sock.connect(v.proxy).await.unwrap();
+        other.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), other.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        // A tunnel ends: its place is the first client's again.
+        drop(tunnels.pop());
+        let fourth = async {
+            loop {
+                let mut s = tokio::net::TcpStream::connect(v.proxy).await.unwrap();
+                s.write_all(req.as_bytes()).await.unwrap();
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out).await;
+                if !out.is_empty() {
+                    return out;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let out = tokio::time::timeout(Duration::from_secs(10), fourth)
+            .await
+            .expect("served once a tunnel ended");
+        assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    });
+    let m = v.http_get("/metrics");
+    assert!(
+        m.contains("vigie_proxy_refused_total{reason=\"per_client\"}"),
+        "{m}"
+    );
 }
 
 /// The block-page listener (`block_page_listen`): what a browser reaches when the

@@ -2,9 +2,10 @@
 //! and a gateway joined by a veth pair — and, in the gateway, an nftables rule that
 //! redirects the client's port 80 and 443 to vigie's transparent listeners, an
 //! HTTP origin (python3 http.server) and a TLS origin (openssl s_server) on an
-//! address of the gateway's loopback. The client uses plain `curl` with no proxy setting.
+//! address of the gateway's loopback, and the gateway's DNS (dnsmasq), vigie's
+//! upstream. The client uses plain `curl` with no proxy setting.
 //!
-//! Needs root, `ip` (iproute2) and `nft` (nftables); `tests/run` installs them.
+//! Needs root, `ip` (iproute2), `nft` (nftables) and dnsmasq; `tests/run` installs them.
 //! Without root the test says so and passes without checking anything.
 
 mod common;
@@ -16,6 +17,10 @@ use std::time::{Duration, Instant};
 use common::Vigie;
 
 const ORIGIN: &str = "203.0.113.80";
+/// Where the gateway's DNS (dnsmasq) says `decoy.test` is: not the origin.
+const DECOY: &str = "203.0.113.81";
+/// The gateway's resolver, vigie's upstream.
+const RESOLVER: &str = "127.0.0.53";
 const GAMBLING: &str = "0-casino.info";
 
 fn run(args: &[&str]) -> Output {
@@ -201,6 +206,27 @@ fn proxy_transparent_mode_in_network_namespaces() {
         "--directory",
         &www_s,
     ]));
+    // The gateway's DNS, vigie's upstream: the names the client uses.
+    let dns_listen = format!("--listen-address={RESOLVER}");
+    let site_record = format!("--host-record=site.test,{ORIGIN}");
+    let gambling_record = format!("--host-record={GAMBLING},{ORIGIN}");
+    let decoy_record = format!("--host-record=decoy.test,{DECOY}");
+    let dns_pid = format!("--pid-file={}", dir.path().join("dnsmasq.pid").display());
+    lab.children.push(spawn(&[
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        &dns_listen,
+        "--port=53",
+        "--user=root",
+        &dns_pid,
+        &site_record,
+        &gambling_record,
+        &decoy_record,
+    ]));
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
     let accept = format!("{ORIGIN}:443");
@@ -238,6 +264,9 @@ transparent_http_listen = "0.0.0.0:3129"
 transparent_tls_listen = "0.0.0.0:3130"
 client_hello_timeout_ms = 1500
 users_file = "{users}"
+# The origins sit on the gateway's own loopback, which the proxy otherwise
+# refuses to reach (the machine's own addresses count as loopback).
+allow_loopback_origins = true
 
 [[categories]]
 id = "gambling"
@@ -262,7 +291,7 @@ bare_ip = "block"
     let v = Vigie::start_wrapped(
         &["ip", "netns", "exec", &g],
         &cfg,
-        &["127.0.0.1:9".parse().unwrap()],
+        &[format!("{RESOLVER}:53").parse().unwrap()],
         dir.path(),
         // The explicit proxy on the LAN side too, for the lease-change check.
         &["--proxy-listen", "10.231.0.1:3128"],
@@ -304,6 +333,16 @@ bare_ip = "block"
     assert_eq!(ev["status"], 200);
     assert_eq!(ev["host"], "site.test");
 
+    // A Host that does not resolve to the address the client chose (an allowed
+    // name sent to a VPN server, say): the address is decided as a bare IP.
+    let resolve = format!("decoy.test:80:{ORIGIN}");
+    let (_, out) = lab.curl(&["--resolve", &resolve, "http://decoy.test/hello.txt"]);
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert!(
+        out.contains("x-vigie-rule: eleves: bare_ip = block"),
+        "{out}"
+    );
+
     // A bare IP in the Host header follows the profile (eleves: bare_ip = block).
     let (_, out) = lab.curl(&[&format!("http://{ORIGIN}/hello.txt")]);
     assert!(out.starts_with("HTTP/1.1 403"), "{out}");
@@ -327,7 +366,7 @@ bare_ip = "block"
     );
     assert_eq!(ev["category"], "gambling");
 
-    // TLS, allowed on its SNI: the tunnel reaches the original destination.
+    // TLS, allowed on its SNI (which resolves to the address): tunnelled.
     let resolve = format!("site.test:443:{ORIGIN}");
     let (code, out) = lab.curl(&["-k", "--resolve", &resolve, "https://site.test/"]);
     assert_eq!(code, 0, "{out}");
@@ -338,6 +377,18 @@ bare_ip = "block"
     );
     assert_eq!(ev["verdict"], "allow");
     assert!(ev["bytes_down"].as_u64().unwrap() > 100);
+
+    // The same with TLS: an allowed SNI sent to another address than its name's.
+    let resolve = format!("decoy.test:443:{ORIGIN}");
+    let (code, out) = lab.curl(&["-k", "--resolve", &resolve, "https://decoy.test/"]);
+    assert_eq!(code, 35, "curl: SSL connect error: {out}");
+    let ev = audit_line(
+        dir.path(),
+        &["\"kind\":\"transparent_tls\"", "\"sni\":\"decoy.test\""],
+    );
+    assert_eq!(ev["verdict"], "block", "{ev}");
+    assert_eq!(ev["rule"], "eleves: bare_ip = block", "{ev}");
+    assert_eq!(ev["status"], 403, "{ev}");
 
     // TLS with a blocked SNI: refused (TLS alert), curl reports a TLS error.
     let resolve = format!("{GAMBLING}:443:{ORIGIN}");

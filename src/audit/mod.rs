@@ -113,7 +113,9 @@ pub struct ProxyAudit {
     /// Path and query, plain HTTP only (a tunnel's path is encrypted).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// HTTP status sent to the client (200 for an established tunnel).
+    /// HTTP status sent to the client (200 for an established tunnel); 403 for a
+    /// tunnel refused on its first bytes (SNI, not TLS), which the client saw as
+    /// a 200 to its CONNECT followed by a TLS alert or a close.
     pub status: u16,
     /// Body bytes from the client (HTTP) or all bytes client → origin (tunnels).
     pub bytes_up: u64,

@@ -391,6 +391,7 @@ pub struct Config {
 pub struct ProxyConfig {
     pub connect_ports: Vec<u16>,
     pub max_connections: usize,
+    pub max_connections_per_client: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub header_timeout: std::time::Duration,
@@ -424,6 +425,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             connect_ports: raw.connect_ports,
             max_connections: raw.max_connections,
+            max_connections_per_client: raw.max_connections_per_client,
             max_header_bytes: raw.max_header_bytes,
             max_headers: raw.max_headers,
             header_timeout: ms(raw.header_timeout_ms),
@@ -1396,6 +1398,7 @@ impl Validator<'_> {
         ProxyConfig {
             connect_ports: raw.connect_ports.clone(),
             max_connections: raw.max_connections,
+            max_connections_per_client: raw.max_connections_per_client,
             max_header_bytes: raw.max_header_bytes,
             max_headers: raw.max_headers,
             header_timeout: ms(raw.header_timeout_ms),

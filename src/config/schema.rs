@@ -433,6 +433,10 @@ pub struct RawProxy {
     /// Most client connections served at once; more wait in the kernel's backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most of those one client address may hold at once (0: no cap of its own),
+    /// so one device cannot take every place from the others.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
     /// Largest request head (request line + headers) a client may send, bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -520,6 +524,7 @@ impl Default for RawProxy {
         RawProxy {
             connect_ports: default_connect_ports(),
             max_connections: default_max_connections(),
+            max_connections_per_client: default_max_connections_per_client(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             header_timeout_ms: default_header_timeout_ms(),
@@ -552,6 +557,11 @@ fn default_connect_ports() -> Vec<u16> {
 // A school of a few thousand devices, each with a browser holding ~10 connections.
 fn default_max_connections() -> usize {
     20_000
+}
+// A tenth of the places: a browser holds tens of connections, a lab's terminal
+// server with thirty sessions behind one address a couple of thousand.
+fn default_max_connections_per_client() -> usize {
+    2_000
 }
 // Browsers send 1–4 KiB of headers; cookies of some sites reach ~16 KiB.
 fn default_max_header_bytes() -> usize {

@@ -564,6 +564,9 @@ impl Decision {
             Reason::Signature => {
                 format!("{pname}: protocol refused (its category is not configured)")
             }
+            Reason::Default if self.verdict == Verdict::Block => {
+                format!("{pname}: unknown profile, refused (fail closed)")
+            }
             Reason::Default => format!("{pname}: default allow"),
         }
     }

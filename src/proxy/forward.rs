@@ -8,6 +8,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -148,11 +149,11 @@ pub async fn handle(
     let scheme = uri.scheme_str().unwrap_or("http").to_string();
     let default_port = if scheme == "https" { 443 } else { 80 };
     let port = uri.port_u16().unwrap_or(default_port);
-    let pq = uri
-        .path_and_query()
-        .map(|x| x.as_str())
-        .unwrap_or("/")
-        .to_string();
+    // What is decided is what is sent: the path in its normal spelling (no `..`,
+    // no needless escapes); policy also sees runs of `/` merged (`path`).
+    let raw_pq = uri.path_and_query().map(|x| x.as_str()).unwrap_or("/");
+    let pq = super::path::normalize(raw_pq).into_owned();
+    let policy_pq = super::path::for_policy(&pq).into_owned();
     let literal = parse_host_ip(&host).map(canonical_ip);
     // Policy sees IP hosts in their canonical spelling, whatever the client wrote.
     let port_text = if port == default_port {
@@ -161,8 +162,11 @@ pub async fn handle(
         format!(":{port}")
     };
     let policy_url = match literal {
-        Some(ip) => format!("{scheme}://{}{port_text}{pq}", url_host(ip)),
-        None => format!("{scheme}://{}{port_text}{pq}", host.to_ascii_lowercase()),
+        Some(ip) => format!("{scheme}://{}{port_text}{policy_pq}", url_host(ip)),
+        None => format!(
+            "{scheme}://{}{port_text}{policy_pq}",
+            host.to_ascii_lowercase()
+        ),
     };
     log.target(&policy_url, &host, port, Some(&pq));
 
@@ -200,11 +204,19 @@ pub async fn handle(
             return block_page(&p, &snap, &d2, &identity, lang, &policy_url, &log, false);
         }
     }
+    // Transparent: a Host that does not resolve to the address the client chose
+    // may be a decoy; the address is then decided as a bare IP too.
+    if let (Verdict::Allow, Some(dst), None) = (d.verdict, dial_to, literal)
+        && let Some(d2) =
+            super::tunnel::elsewhere_block(&p, &snap, &identity, &host, port, dst.ip(), &log).await
+    {
+        return block_page(&p, &snap, &d2, &identity, lang, &policy_url, &log, false);
+    }
     // A BitTorrent tracker announce or scrape, whatever the tracker's name: the
     // torrent client learns no peer from a network that blocks P2P.
     if d.verdict != Verdict::Block
         && !conn.mode.is_block_page()
-        && super::sniff::is_tracker_request(&pq)
+        && super::sniff::is_tracker_request(&policy_pq)
     {
         let sreq = PolicyRequest::Stream {
             protocol: "tracker_announce",
@@ -244,6 +256,18 @@ pub async fn handle(
         Verdict::SafeSearch { target } => Some(target),
         Verdict::Allow => None,
     };
+    // A name that resolves into an address list is refused here as it is for a
+    // CONNECT (resolving through vigie's cache; the connector asks it again).
+    if dial_host.is_none() && dial_to.is_none() && literal.is_none() && !snap.lists.ips.is_empty() {
+        let addrs = match p.dialer.resolve(&host, port).await {
+            Ok(a) => a,
+            Err(e) => return error_page(dial_error_page(&e), lang, &policy_url, &log),
+        };
+        if let Some(d2) = super::tunnel::listed_address_block(&snap, &identity, &host, &addrs, &log)
+        {
+            return block_page(&p, &snap, &d2, &identity, lang, &policy_url, &log, false);
+        }
+    }
 
     // Build the outgoing request.
     let upgrade = wants_upgrade(req.headers());
@@ -292,7 +316,24 @@ pub async fn handle(
 
     let first_byte = snap.config.proxy.first_byte_timeout;
     let idle = snap.config.proxy.idle_timeout;
-    let resp = match tokio::time::timeout(first_byte, p.client.request(out)).await {
+    // The origin has `first_byte` to answer once the client stops sending: a long
+    // upload (a video to a school drive) is not cut by it, a silent origin is.
+    let request = p.client.request(out);
+    tokio::pin!(request);
+    let mut sent = log.up.load(Ordering::Relaxed);
+    let answered = loop {
+        match tokio::time::timeout(first_byte, &mut request).await {
+            Ok(r) => break Ok(r),
+            Err(_) => {
+                let now = log.up.load(Ordering::Relaxed);
+                if now == sent {
+                    break Err(());
+                }
+                sent = now;
+            }
+        }
+    };
+    let resp = match answered {
         Err(_) => {
             return refuse(
                 Page {
@@ -531,6 +572,9 @@ pub fn reason_msg(reason: Reason) -> Msg {
         Reason::BareIp => Msg::ReasonBareIp,
         Reason::DenyOverride(_) => Msg::ReasonDenyOverride,
         Reason::Circumvention => Msg::ReasonCircumvention,
+        Reason::Signature => Msg::ReasonProtocol,
+        // `Default` blocks only when the identity's profile no longer exists.
+        Reason::Default => Msg::ReasonUnknownProfile,
         _ => Msg::ReasonCategory,
     }
 }
@@ -702,11 +746,15 @@ async fn identify(
             }
             // This request is the credential's person, whatever the table holds
             // (two people behind one address: each request is still theirs).
-            let profile = v
-                .profile
-                .as_deref()
-                .and_then(|name| snap.config.profile_id(name))
-                .unwrap_or_else(|| crate::identity::Identity::from_ip(snap, ip).profile);
+            // A profile the config no longer has falls back to the default (the
+            // strictest), as in the identity table, never to the network's.
+            let profile = match v.profile.as_deref() {
+                Some(name) => snap
+                    .config
+                    .profile_id(name)
+                    .unwrap_or(snap.config.default_profile),
+                None => crate::identity::Identity::from_ip(snap, ip).profile,
+            };
             let me = Identity {
                 user: Some(v.user.clone()),
                 groups: v.groups.clone(),
@@ -819,6 +867,23 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_blocking_reason_has_its_own_words() {
+        use crate::i18n::{Lang, t};
+        for (reason, msg) in [
+            (Reason::BareIp, Msg::ReasonBareIp),
+            (Reason::DenyOverride(0), Msg::ReasonDenyOverride),
+            (Reason::Circumvention, Msg::ReasonCircumvention),
+            (Reason::Signature, Msg::ReasonProtocol),
+            (Reason::Default, Msg::ReasonUnknownProfile),
+            (Reason::BlockedCategory, Msg::ReasonCategory),
+            (Reason::ScheduledRule(0), Msg::ReasonCategory),
+        ] {
+            assert_eq!(reason_msg(reason), msg, "{reason:?}");
+            assert_ne!(t(Lang::Fr, msg), t(Lang::En, msg));
+        }
+    }
 
     #[test]
     fn hop_by_hop_headers_go() {

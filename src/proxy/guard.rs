@@ -15,7 +15,8 @@ use crate::config::ProxyConfig;
 /// Why an address is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forbidden {
-    /// Loopback, link-local, unspecified, multicast, broadcast.
+    /// Loopback, the gateway's own addresses, link-local, unspecified, multicast,
+    /// broadcast.
     Special,
     /// One of `[proxy] internal_networks`.
     Internal,
@@ -56,7 +57,12 @@ impl Guard {
         if own {
             return Err(Forbidden::Own);
         }
-        if is_special(ip, self.allow_loopback) {
+        // The gateway's own addresses count as loopback on every port, not only
+        // vigie's: a connection the proxy makes to them comes from the machine
+        // itself, past the firewall rules that keep clients off its SSH, exporters
+        // and other local services.
+        if is_special(ip, self.allow_loopback) || (!self.allow_loopback && self.local.contains(&ip))
+        {
             return Err(Forbidden::Special);
         }
         if self.internal.iter().any(|n| n.contains(&ip)) {
@@ -260,12 +266,22 @@ mod tests {
         assert_eq!(g.check(sa("0.0.0.0:80")), Err(Forbidden::Special));
         assert_eq!(g.check(sa("10.20.3.4:443")), Err(Forbidden::Internal));
         assert_eq!(g.check(sa("192.0.2.1:3128")), Err(Forbidden::Own));
-        assert_eq!(g.check(sa("192.0.2.1:80")), Ok(()));
+        assert_eq!(g.check(sa("192.0.2.1:22")), Err(Forbidden::Special));
+        assert_eq!(
+            g.check(sa("[::ffff:192.0.2.1]:9100")),
+            Err(Forbidden::Special)
+        );
+        assert_eq!(g.check(sa("192.0.2.2:80")), Ok(()));
         assert_eq!(g.check(sa("93.184.216.34:443")), Ok(()));
 
         cfg.allow_loopback_origins = true;
-        let g = Guard::new(&cfg, vec!["127.0.0.1:8080".parse().unwrap()], vec![]);
+        let g = Guard::new(
+            &cfg,
+            vec!["127.0.0.1:8080".parse().unwrap()],
+            vec![ip("192.0.2.1")],
+        );
         assert_eq!(g.check(sa("127.0.0.1:80")), Ok(()));
+        assert_eq!(g.check(sa("192.0.2.1:80")), Ok(()));
         assert_eq!(g.check(sa("127.0.0.1:8080")), Err(Forbidden::Own));
         assert_eq!(g.check(sa("[::ffff:127.0.0.1]:8080")), Err(Forbidden::Own));
         assert_eq!(g.check(sa("169.254.169.254:80")), Err(Forbidden::Special));

@@ -19,6 +19,7 @@ pub mod log;
 pub mod pac;
 pub mod page_tls;
 pub mod pages;
+mod path;
 mod server;
 pub mod sniff;
 mod transparent;
@@ -101,6 +102,8 @@ pub struct Proxy {
     review_url: String,
     via: ::http::HeaderValue,
     limit: Arc<Semaphore>,
+    /// Connections per client address (`max_connections_per_client`).
+    per_client: Arc<server::PerClient>,
     identities: Arc<IdentityTable>,
     /// TLS of the block-page address (`block_page_tls_listen`), when on.
     page_tls: Option<tokio_rustls::TlsAcceptor>,
@@ -275,6 +278,7 @@ pub async fn setup(
         review_url,
         via,
         limit: Arc::new(Semaphore::new(cfg.max_connections)),
+        per_client: Arc::default(),
         identities: setup.identities.clone(),
         page_tls,
     });

@@ -35,6 +35,10 @@ use crate::snapshot::{Snapshot, canonical_ip};
 
 /// Bytes buffered per direction of a spliced tunnel.
 const SPLICE_BUF: usize = 16 * 1024;
+/// Most reads while waiting for a ClientHello. A real one (up to ~8 KiB with large
+/// post-quantum key shares) comes in a handful of TCP segments of at least 536
+/// bytes; a client that needs more reads than this is dribbling bytes on purpose.
+const MAX_HELLO_READS: usize = 64;
 
 /// A CONNECT request from an identified client.
 #[allow(clippy::too_many_arguments)]
@@ -120,25 +124,10 @@ pub async fn connect(
         Ok(a) => a,
         Err(e) => return error_page(dial_error_page(&e), lang, &what, &log),
     };
-    // A name that resolves into an address list (a Tor relay, a VPN endpoint, a
-    // DoH resolver) is decided on those addresses too.
-    if literal.is_none() && !snap.lists.ips.is_empty() {
-        for a in &addrs {
-            let ip = canonical_ip(a.ip());
-            if snap.lists.ips.lookup(ip).is_empty() {
-                continue;
-            }
-            let ip_req = PolicyRequest::Tls {
-                host: Some(&policy_host),
-                port,
-                ip: Some(ip),
-            };
-            let d2 = policy::decide(&snap, &ip_req, &identity, Utc::now());
-            if d2.verdict == Verdict::Block {
-                log.decision(&snap, &d2, &ip_req);
-                return block_page(&p, &snap, &d2, &identity, lang, &what, &log, true);
-            }
-        }
+    if literal.is_none()
+        && let Some(d2) = listed_address_block(&snap, &identity, &policy_host, &addrs, &log)
+    {
+        return block_page(&p, &snap, &d2, &identity, lang, &what, &log, true);
     }
     log.status(200);
     let upgrade = hyper::upgrade::on(req);
@@ -163,6 +152,75 @@ pub async fn connect(
         }
     });
     Response::new(pages::empty())
+}
+
+/// A name that resolves into an address list (a Tor relay, a VPN endpoint, a DoH
+/// resolver) is decided on those addresses too: the blocking decision, recorded,
+/// if one of `addrs` is listed in a category the profile blocks.
+pub(super) fn listed_address_block(
+    snap: &Snapshot,
+    identity: &Identity,
+    host: &str,
+    addrs: &[SocketAddr],
+    log: &RequestLog,
+) -> Option<policy::Decision> {
+    if snap.lists.ips.is_empty() {
+        return None;
+    }
+    for a in addrs {
+        let ip = canonical_ip(a.ip());
+        if snap.lists.ips.lookup(ip).is_empty() {
+            continue;
+        }
+        let ip_req = PolicyRequest::Tls {
+            host: Some(host),
+            port: a.port(),
+            ip: Some(ip),
+        };
+        let d = policy::decide(snap, &ip_req, identity, Utc::now());
+        if d.verdict == Verdict::Block {
+            log.decision(snap, &d, &ip_req);
+            return Some(d);
+        }
+    }
+    None
+}
+
+/// Transparent mode: the client chose the address, the name it sent (SNI, Host)
+/// was decided. When the name does not resolve to that address (vigie's DNS, the
+/// one the school's devices use), the name may be a decoy — an allowed site's name
+/// sent to a VPN server — so the address is decided too, as the bare IP it is
+/// (`bare_ip = "block"` refuses it; a profile allowing bare IPs goes on). Squid's
+/// `host_verify_strict` does the same check. The blocking decision, recorded, if
+/// any.
+pub(super) async fn elsewhere_block(
+    p: &Proxy,
+    snap: &Snapshot,
+    identity: &Identity,
+    name: &str,
+    port: u16,
+    dst: IpAddr,
+    log: &RequestLog,
+) -> Option<policy::Decision> {
+    let dst = canonical_ip(dst);
+    let resolved = p.dialer.resolve(name, port).await.unwrap_or_default();
+    if resolved.iter().any(|a| canonical_ip(a.ip()) == dst) {
+        return None;
+    }
+    let preq = PolicyRequest::Tls {
+        host: None,
+        port,
+        ip: Some(dst),
+    };
+    let d = policy::decide(snap, &preq, identity, Utc::now());
+    if d.verdict != Verdict::Block {
+        return None;
+    }
+    log.decision(snap, &d, &preq);
+    metrics::PROXY_CIRCUMVENTION_TOTAL
+        .with_label_values(&["name_elsewhere"])
+        .inc();
+    Some(d)
 }
 
 /// A raw connection redirected to a transparent listener: TLS on the TLS port, or
@@ -242,11 +300,15 @@ impl Tunnel {
     async fn run<C: AsyncRead + AsyncWrite + Unpin>(mut self, mut client: C) {
         let cfg = &self.snap.config.proxy;
         let mut buf: Vec<u8> = Vec::with_capacity(2048);
+        let mut reads = 0;
         let first = tokio::time::timeout(cfg.client_hello_timeout, async {
             loop {
-                if buf.len() >= MAX_HELLO_BYTES {
+                // Each look parses everything read so far: bounding the reads keeps
+                // a hello dribbled a byte at a time from costing quadratic work.
+                if buf.len() >= MAX_HELLO_BYTES || reads >= MAX_HELLO_READS {
                     return Ok(Some(FirstBytes::NotTls(MALFORMED)));
                 }
+                reads += 1;
                 let mut chunk = [0u8; 4096];
                 let n = client.read(&mut chunk).await?;
                 if n == 0 {
@@ -283,9 +345,11 @@ impl Tunnel {
 
         if let Some(name) = sni.as_deref() {
             let name = name.trim_end_matches('.');
-            let differs = match (&self.connect_host, self.literal) {
-                (Some(h), None) => !h.trim_end_matches('.').eq_ignore_ascii_case(name),
-                _ => false,
+            // A CONNECT to an IP literal that carries a named SNI differs too: an SNI
+            // is never an address.
+            let differs = match &self.connect_host {
+                Some(h) => !h.trim_end_matches('.').eq_ignore_ascii_case(name),
+                None => false,
             };
             if differs && cfg.sni_mismatch == SniMismatch::Block {
                 self.log.blocked(
@@ -298,6 +362,7 @@ impl Tunnel {
                 metrics::PROXY_CIRCUMVENTION_TOTAL
                     .with_label_values(&["sni_mismatch"])
                     .inc();
+                self.refused_after_sniffing();
                 let _ = client.write_all(&ALERT_ACCESS_DENIED).await;
                 return;
             }
@@ -315,12 +380,31 @@ impl Tunnel {
             }
             match d.verdict {
                 Verdict::Block => {
-                    self.log.reference(&pages::new_reference(Utc::now()));
+                    self.refused_after_sniffing();
                     let _ = client.write_all(&ALERT_ACCESS_DENIED).await;
                     return;
                 }
                 Verdict::SafeSearch { target } => self.safe = Some(target),
                 Verdict::Allow => {}
+            }
+            if self.connect_host.is_none()
+                && self.safe.is_none()
+                && let Some(dst) = self.literal
+                && elsewhere_block(
+                    &self.p,
+                    &self.snap,
+                    &self.identity,
+                    name,
+                    self.port,
+                    dst,
+                    &self.log,
+                )
+                .await
+                .is_some()
+            {
+                self.refused_after_sniffing();
+                let _ = client.write_all(&ALERT_ACCESS_DENIED).await;
+                return;
             }
         } else if self.connect_host.is_none() {
             // Transparent TLS without SNI: only the address is known.
@@ -333,6 +417,7 @@ impl Tunnel {
             let d = policy::decide(&self.snap, &preq, &self.identity, Utc::now());
             self.log.decision(&self.snap, &d, &preq);
             if d.verdict == Verdict::Block {
+                self.refused_after_sniffing();
                 let _ = client.write_all(&ALERT_ACCESS_DENIED).await;
                 return;
             }
@@ -368,6 +453,14 @@ impl Tunnel {
         splice(client, origin, &self.log, cfg.idle_timeout).await;
     }
 
+    /// A tunnel refused once its first bytes were read: the client was told 200
+    /// (CONNECT) or nothing (transparent) before, but the record says what vigie
+    /// did — 403, with a reference like every other block.
+    fn refused_after_sniffing(&self) {
+        self.log.status(403);
+        self.log.reference(&pages::new_reference(Utc::now()));
+    }
+
     /// Decides a stream that is not TLS by its protocol's category (`p2p`, `vpn`)
     /// and closes it when the profile blocks that; true when it was refused.
     async fn refuse_stream<C: AsyncWrite + Unpin>(
@@ -386,7 +479,7 @@ impl Tunnel {
         }
         self.log.decision(&self.snap, &d, &preq);
         self.log.refused("not_tls");
-        self.log.reference(&pages::new_reference(Utc::now()));
+        self.refused_after_sniffing();
         metrics::PROXY_CIRCUMVENTION_TOTAL
             .with_label_values(&[detected.protocol])
             .inc();
