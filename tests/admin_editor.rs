@@ -258,7 +258,7 @@ fn it_admin_edits_previews_applies_and_restores() {
 }
 
 /// `[admin] notify_subject`: a justified read of a person's history is shown to that
-/// person, once, the next time they look at the captive portal.
+/// person at the captive portal, until they say they have read it.
 #[test]
 fn history_read_is_told_to_the_person_at_the_portal() {
     let dir = tempfile::tempdir().unwrap();
@@ -388,8 +388,40 @@ role = "auditor"
         "{}",
         seen.body
     );
+    // Showing is not reading: the notice stays until the person says so, with the
+    // form's token.
     let again = curl("127.0.0.5", &["-c", jar, "-b", jar, &portal]);
-    assert!(!again.body.contains("Consultation de votre historique"));
+    assert!(again.body.contains("Consultation de votre historique"));
+    assert!(
+        again.body.contains("J&#39;ai pris connaissance")
+            || again.body.contains("J'ai pris connaissance")
+    );
+    let ack = |token: &str| {
+        curl(
+            "127.0.0.5",
+            &[
+                "-c",
+                jar,
+                "-b",
+                jar,
+                "--data-urlencode",
+                &format!("csrf={token}"),
+                "--data-urlencode",
+                &format!("until={}", hidden_field(&again.body, "until")),
+                &format!("{portal}/notices"),
+            ],
+        )
+    };
+    assert_eq!(ack("0123456789abcdef0123456789abcdef").status, 303);
+    let forged = curl("127.0.0.5", &["-c", jar, "-b", jar, &portal]);
+    assert!(
+        forged.body.contains("Consultation de votre historique"),
+        "a forged form marks nothing read"
+    );
+    assert_eq!(ack(&hidden_field(&again.body, "csrf")).status, 303);
+    let read = curl("127.0.0.5", &["-c", jar, "-b", jar, &portal]);
+    assert_eq!(read.status, 200);
+    assert!(!read.body.contains("Consultation de votre historique"));
 }
 
 /// The live view: a director's open event stream receives a block the DNS filter

@@ -1,8 +1,11 @@
 //! Telling people their history was read (`[admin] notify_subject`): each justified
 //! read or export of a person's history leaves a notice for that person — who read
-//! it, when, which period, why — which the captive portal shows them the next time
-//! they look at it, once. Kept in `<data_dir>/notices.json` (a handful a year per
-//! school), written atomically; without a data directory, in memory.
+//! it, when, which period, why — which the captive portal shows them every time they
+//! look at it until they say they have read it (a form, not the mere showing: a
+//! page loaded by a probe or a prefetch must not count as told). Seen notices are
+//! dropped after the audit retention period. Kept in `<data_dir>/notices.json` (a
+//! handful a year per school), written atomically; without a data directory, in
+//! memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -68,18 +71,45 @@ impl Notices {
         self.save(&all);
     }
 
-    /// `subject`'s notices not shown yet, now marked shown.
-    pub fn take_unseen(&self, subject: &str) -> Vec<Notice> {
+    /// `subject`'s notices they have not acknowledged yet (showing them changes
+    /// nothing).
+    pub fn unseen(&self, subject: &str) -> Vec<Notice> {
+        let all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        all.iter()
+            .filter(|n| n.subject == subject && !n.seen)
+            .cloned()
+            .collect()
+    }
+
+    /// `subject` has read their notices up to `until` (the newest they were shown):
+    /// those are marked seen; one that came after stays. Returns how many.
+    pub fn acknowledge(&self, subject: &str, until: DateTime<Utc>) -> usize {
         let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        for n in all.iter_mut().filter(|n| n.subject == subject && !n.seen) {
-            n.seen = true;
-            out.push(n.clone());
+        let mut n = 0;
+        for notice in all
+            .iter_mut()
+            .filter(|x| x.subject == subject && !x.seen && x.time <= until)
+        {
+            notice.seen = true;
+            n += 1;
         }
-        if !out.is_empty() {
+        if n > 0 {
             self.save(&all);
         }
-        out
+        n
+    }
+
+    /// Drops the seen notices from before `before` (the audit retention); returns
+    /// how many. Unseen ones stay until the person has read them.
+    pub fn purge_seen(&self, before: DateTime<Utc>) -> usize {
+        let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        let len = all.len();
+        all.retain(|n| !(n.seen && n.time < before));
+        let n = len - all.len();
+        if n > 0 {
+            self.save(&all);
+        }
+        n
     }
 }
 
@@ -88,7 +118,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn notices_are_kept_and_shown_once() {
+    fn notices_are_kept_until_acknowledged_then_purged() {
         let dir = tempfile::tempdir().unwrap();
         let n = Notices::open(Some(dir.path()));
         let now = Utc::now();
@@ -101,17 +131,28 @@ mod tests {
             to: now,
             seen: false,
         });
-        // Survives a restart; shown once.
+        // Survives a restart; shown until acknowledged.
         let again = Notices::open(Some(dir.path()));
-        assert!(again.take_unseen("other").is_empty());
-        let shown = again.take_unseen("eleve1");
+        assert!(again.unseen("other").is_empty());
+        let shown = again.unseen("eleve1");
         assert_eq!(shown.len(), 1);
         assert_eq!(shown[0].accessed_by, "verif");
-        assert!(again.take_unseen("eleve1").is_empty());
-        assert!(
-            Notices::open(Some(dir.path()))
-                .take_unseen("eleve1")
-                .is_empty()
+        assert_eq!(again.unseen("eleve1").len(), 1, "showing is not reading");
+        // A notice newer than what was shown stays unseen.
+        again.add(Notice {
+            time: now + chrono::Duration::seconds(5),
+            ..shown[0].clone()
+        });
+        assert_eq!(again.acknowledge("eleve1", shown[0].time), 1);
+        assert_eq!(again.unseen("eleve1").len(), 1);
+        assert_eq!(
+            Notices::open(Some(dir.path())).unseen("eleve1").len(),
+            1,
+            "acknowledged for good"
         );
+        // Retention drops seen notices only.
+        assert_eq!(again.purge_seen(now + chrono::Duration::days(1)), 1);
+        assert_eq!(again.unseen("eleve1").len(), 1);
+        assert_eq!(Notices::open(Some(dir.path())).all.lock().unwrap().len(), 1);
     }
 }

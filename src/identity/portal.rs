@@ -64,6 +64,7 @@ pub fn router(portal: Arc<Portal>) -> axum::Router {
         .route("/portal", get(show))
         .route("/portal/login", post(login))
         .route("/portal/logout", post(logout))
+        .route("/portal/notices", post(acknowledge))
         .route("/portal/api", get(api))
         .with_state(portal)
 }
@@ -83,6 +84,15 @@ struct LoginForm {
     csrf: String,
     #[serde(default)]
     url: Option<String>,
+    #[serde(default)]
+    lang: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AckForm {
+    csrf: String,
+    /// The newest notice shown (RFC 3339): newer ones stay unread.
+    until: String,
     #[serde(default)]
     lang: Option<String>,
 }
@@ -238,6 +248,15 @@ fn status_page(
                         p { (tr(lang, "Motif : ", "Reason: ")) (n.justification) }
                     }
                 }
+                @if let Some(until) = notices.iter().map(|(_, n)| n.time).max() {
+                    form method="post" action="/portal/notices" {
+                        input type="hidden" name="csrf" value=(token);
+                        input type="hidden" name="lang" value=(lang.code());
+                        input type="hidden" name="until"
+                            value=(until.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+                        button type="submit" { (tr(lang, "J'ai pris connaissance", "I have read this")) }
+                    }
+                }
                 form method="post" action="/portal/logout" {
                     input type="hidden" name="csrf" value=(token);
                     input type="hidden" name="lang" value=(lang.code());
@@ -296,7 +315,7 @@ async fn show(
         let ends = b.ends().with_timezone(&tz).format("%H:%M").to_string();
         let notices: Vec<_> = p
             .notices
-            .take_unseen(&b.user)
+            .unseen(&b.user)
             .into_iter()
             .map(|n| {
                 (
@@ -448,6 +467,32 @@ async fn logout(
             super::LoginOutcome::Logout,
             std::time::Instant::now(),
         ));
+    }
+    Redirect::to(&back).into_response()
+}
+
+/// The signed-in person has read the notices shown to them: they stop showing.
+/// A form with its CSRF token, so only the person's own click marks them read.
+async fn acknowledge(
+    State(p): State<Arc<Portal>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(f): Form<AckForm>,
+) -> Response {
+    let ip = canonical_ip(peer.ip());
+    if !is_client(&p, ip) {
+        return forbidden();
+    }
+    let lang = lang_of(&headers, f.lang.as_deref());
+    let back = format!("/portal?lang={}", lang.code());
+    if !csrf_ok(&headers, &f.csrf) {
+        return Redirect::to(&back).into_response();
+    }
+    if let (Some(b), Ok(until)) = (
+        p.identities.get(ip, Utc::now()),
+        chrono::DateTime::parse_from_rfc3339(f.until.trim()),
+    ) {
+        p.notices.acknowledge(&b.user, until.with_timezone(&Utc));
     }
     Redirect::to(&back).into_response()
 }
