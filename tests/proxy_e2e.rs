@@ -1284,6 +1284,40 @@ fn proxy_authentication_407_and_identity_in_audit() {
         "{m}"
     );
 
+    // Two people behind one address (a terminal server): each request is theirs,
+    // and each login is recorded once, not at every switch between them.
+    common::add_user(&cfg, "carol", "autre secret");
+    let logins = |who: &str| {
+        std::fs::read_to_string(dir.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.contains("\"verdict\":\"login\"") && l.contains(&format!("\"user\":\"{who}\""))
+            })
+            .count()
+    };
+    let alice_before = logins("alice");
+    for round in 0..3 {
+        for (who, password) in [("carol", "autre secret"), ("alice", "motdepasse secret")] {
+            let r = curl(
+                v.proxy,
+                &[
+                    "--interface",
+                    AUTH_CLIENT,
+                    "-U",
+                    &format!("{who}:{password}"),
+                    &format!("{url}?who={who}&round={round}"),
+                ],
+            );
+            assert_eq!(r.status, 200, "{}", r.headers);
+        }
+    }
+    let ev = audit_line(dir.path(), &["who=carol&round=2"]);
+    assert_eq!(ev["user"], "carol");
+    audit_line(dir.path(), &["who=alice&round=2"]);
+    assert_eq!(logins("carol"), 1);
+    assert_eq!(logins("alice"), alice_before);
+
     // A user whose profile the configuration no longer defines gets the default
     // (strictest) profile, not the network's: from the staff network, a bare IP
     // (allowed for `personnel`) is refused as for `eleves`.

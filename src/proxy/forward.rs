@@ -23,7 +23,7 @@ use super::guard::{Forbidden, parse_host_ip};
 use super::log::{Counted, Dir, Kind, RequestLog};
 use super::pages::{self, Blocked};
 use super::server::{Conn, Mode};
-use super::{Body, Proxy};
+use super::{Body, Proxy, SHARED_ADDRESS_WINDOW};
 use crate::i18n::{Lang, Msg};
 use crate::identity::{Identity, IdentitySource};
 use crate::policy::{self, Reason, Request as PolicyRequest, Verdict};
@@ -722,11 +722,25 @@ async fn identify(
     match p.auth.check(ip, v.as_bytes()).await {
         Credentials::Valid(v) => {
             let portal = &snap.config.portal;
-            let known = p
-                .identities
-                .get(ip, now)
+            let current = p.identities.get(ip, now);
+            let known = current
+                .as_ref()
                 .is_some_and(|b| b.user == v.user && b.source == IdentitySource::ProxyAuth);
-            if !known {
+            // Someone else's proxy login on this address, made moments ago: a shared
+            // address (a lab's terminal server, NAT). The first login keeps the
+            // address for DNS attribution instead of the binding flapping — and
+            // reading the neighbour table, copying the table and writing a login
+            // event — on every request; each person's login is recorded once.
+            let shared = !known
+                && current.as_ref().is_some_and(|b| {
+                    b.source == IdentitySource::ProxyAuth
+                        && now.signed_duration_since(b.since) < SHARED_ADDRESS_WINDOW
+                });
+            let first_here =
+                !known && (!shared || p.shared_logins.get(&(ip, v.user.clone())).is_none());
+            if shared {
+                p.shared_logins.insert((ip, v.user.clone()), ());
+            } else if !known {
                 let neighbours = tokio::task::spawn_blocking(crate::identity::neigh::read)
                     .await
                     .unwrap_or_default();
@@ -761,7 +775,7 @@ async fn identify(
                 profile,
                 source: IdentitySource::ProxyAuth,
             };
-            if !known {
+            if first_here {
                 p.audit.record(login_event(
                     snap,
                     LoginDoor::Proxy,

@@ -50,6 +50,12 @@ pub use server::Mode;
 /// The body type of every request and response the proxy handles.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
+/// A proxy login within this long of someone else's on the same address means the
+/// address is shared (see `forward::identify`).
+const SHARED_ADDRESS_WINDOW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+/// How long a person's login on a shared address is remembered (one login event).
+const SHARED_LOGIN_MEMORY: Duration = Duration::from_secs(600);
+
 /// How long an unused pooled origin connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 /// Most idle pooled connections per origin.
@@ -104,6 +110,8 @@ pub struct Proxy {
     limit: Arc<Semaphore>,
     /// Connections per client address (`max_connections_per_client`).
     per_client: Arc<server::PerClient>,
+    /// People seen logging in on an address someone else's login holds.
+    shared_logins: moka::sync::Cache<(std::net::IpAddr, Arc<str>), ()>,
     identities: Arc<IdentityTable>,
     /// TLS of the block-page address (`block_page_tls_listen`), when on.
     page_tls: Option<tokio_rustls::TlsAcceptor>,
@@ -279,6 +287,10 @@ pub async fn setup(
         via,
         limit: Arc::new(Semaphore::new(cfg.max_connections)),
         per_client: Arc::default(),
+        shared_logins: moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(SHARED_LOGIN_MEMORY)
+            .build(),
         identities: setup.identities.clone(),
         page_tls,
     });
