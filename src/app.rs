@@ -124,8 +124,9 @@ async fn serve(
         .map(|d| d.join("audit.jsonl"));
     let (audit, mut writer) = crate::audit::open(audit_path.as_deref()).await?;
     // The queryable store (SQLite by default). If it cannot be opened (read-only or
-    // full disk, database down) filtering still starts: events go to the JSON-lines
-    // log, the error is logged and counted.
+    // full disk, database down) filtering still starts: the writer keeps trying
+    // with a backoff and keeps events for it meanwhile (they also go to the
+    // JSON-lines log or the log); the error is logged and counted.
     let audit_settings = store.load().config.audit.clone();
     let dir = data_dir.clone();
     match tokio::task::spawn_blocking(move || {
@@ -137,7 +138,7 @@ async fn serve(
         Ok((w, Ok(()))) => writer = w,
         Ok((w, Err(e))) => {
             crate::metrics::AUDIT_WRITE_ERRORS_TOTAL.inc();
-            tracing::error!("audit store unavailable, events go to the audit log only: {e}");
+            tracing::error!("audit store unavailable at start, retried with a backoff: {e}");
             writer = w;
         }
         Err(e) => anyhow::bail!("audit store setup failed: {e}"),

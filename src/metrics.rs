@@ -290,7 +290,6 @@ pub static AUDIT_DROPPED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new
     )
 });
 
-/// Audit write failures (events of a failed batch are lost and counted here).
 /// Audit events deleted by retention.
 pub static AUDIT_PURGED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     register(
@@ -302,6 +301,9 @@ pub static AUDIT_PURGED_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(
     )
 });
 
+/// Audit events the store never got (it failed for longer than the writer could
+/// keep them, or was still failing at shutdown; each is spilled to the log), and
+/// events the JSON-lines log could not take.
 pub static AUDIT_WRITE_ERRORS_TOTAL: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     register(
         prometheus::IntCounter::new(

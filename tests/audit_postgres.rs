@@ -7,13 +7,38 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vigie::audit::AuditEvent;
 use vigie::audit::postgres::PgStore;
 use vigie::audit::store::{Store, conformance};
 
 struct Server {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     port: u16,
+}
+
+impl Server {
+    /// Stops the server (a fast shutdown: connections are cut, as in a restart by
+    /// the operator or a crash of the host) and starts it again on the same port.
+    fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_postgres(self.dir.path(), self.port);
+    }
+
+    fn stop(&mut self) {
+        let out = as_pg_user(&pg_bin("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Server {
@@ -87,9 +112,14 @@ fn start() -> Server {
         String::from_utf8_lossy(&out.stderr)
     );
     let port = free_port();
-    let child = as_pg_user(&pg_bin("postgres"))
+    let child = spawn_postgres(dir.path(), port);
+    Server { child, dir, port }
+}
+
+fn spawn_postgres(dir: &Path, port: u16) -> Child {
+    as_pg_user(&pg_bin("postgres"))
         .arg("-D")
-        .arg(&data)
+        .arg(dir.join("data"))
         .args([
             "-p",
             &port.to_string(),
@@ -99,23 +129,22 @@ fn start() -> Server {
             "fsync=off",
             "-k",
         ])
-        .arg(dir.path())
+        .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
-    Server {
-        child,
-        _dir: dir,
-        port,
-    }
+        .unwrap()
+}
+
+fn url(server: &Server) -> String {
+    format!(
+        "host=127.0.0.1 port={} user=vigie dbname=postgres connect_timeout=2",
+        server.port
+    )
 }
 
 fn connect(server: &Server) -> PgStore {
-    let url = format!(
-        "host=127.0.0.1 port={} user=vigie dbname=postgres",
-        server.port
-    );
+    let url = url(server);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match PgStore::connect(&url) {
@@ -155,4 +184,89 @@ fn unreachable_server_is_a_clear_error() {
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+fn event(target: &str) -> AuditEvent {
+    AuditEvent {
+        time: chrono::Utc::now(),
+        service: "dns",
+        client_ip: "10.0.0.1".parse().unwrap(),
+        user: None,
+        identity: "network",
+        profile: "eleves".into(),
+        target: target.to_string(),
+        qtype: Some("A".into()),
+        verdict: "block",
+        category: Some("gambling".into()),
+        rule: "eleves: block gambling".into(),
+        entry: None,
+        via: None,
+        latency_us: 1,
+        proxy: None,
+    }
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// After a server restart the same store writes again (it reconnects by itself,
+/// with a backoff while the server is down): no restart of vigie needed.
+#[test]
+fn the_store_reconnects_after_a_server_restart() {
+    let mut server = start();
+    let mut store = connect(&server);
+    store.insert_batch(&[event("before.example")]).unwrap();
+    server.restart();
+    wait_until("a write after the restart", || {
+        store.insert_batch(&[event("after.example")]).is_ok()
+    });
+    assert_eq!(store.count().unwrap(), 2);
+    // Reads reconnect too (the web app's store).
+    let mut reader = connect(&server);
+    server.restart();
+    wait_until("a read after the restart", || reader.count().is_ok());
+}
+
+/// The writer keeps the events recorded while PostgreSQL is down and writes them
+/// once it is back: none lost, none counted as an error.
+#[test]
+fn the_writer_keeps_events_while_the_server_restarts() {
+    let mut server = start();
+    drop(connect(&server)); // up, schema in place
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let settings = vigie::config::AuditSettings {
+        store: vigie::config::AuditStoreKind::Postgres,
+        postgres_url: Some(url(&server)),
+        retention_days: 90,
+        pseudonymize: false,
+        jsonl: false,
+    };
+    let (sink, mut writer) = rt.block_on(vigie::audit::open(None)).unwrap();
+    vigie::audit::attach_store(&mut writer, &settings, None).unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = rt.spawn(writer.run(cancel.clone()));
+    let mut reader = connect(&server);
+    for i in 0..10 {
+        sink.record(event(&format!("up{i}.example")));
+    }
+    wait_until("the first events", || reader.count().ok() == Some(10));
+
+    server.stop();
+    for i in 0..10 {
+        sink.record(event(&format!("down{i}.example")));
+    }
+    // Long enough for the writer to fail at least once.
+    std::thread::sleep(Duration::from_secs(1));
+    server.child = spawn_postgres(server.dir.path(), server.port);
+    wait_until("the events recorded while the server was down", || {
+        reader.count().ok() == Some(20)
+    });
+    cancel.cancel();
+    rt.block_on(task).unwrap();
+    assert_eq!(reader.count().unwrap(), 20);
 }

@@ -4,8 +4,11 @@
 //! The hot path never waits on the disk: [`AuditSink::record`] is a non-blocking
 //! `try_send`, and when the queue is full the event is counted in
 //! `vigie_audit_dropped_total` and logged (rate-limited), never silently lost. The
-//! store is a JSON-lines file for now (one event per line, append-only); the SQLite /
-//! PostgreSQL stores of a later issue replace [`Writer`] and keep this interface.
+//! writer keeps the queryable store (SQLite or PostgreSQL) and the JSON-lines copy.
+//! A store that fails (full disk, server restart, even a panic) is retried, and
+//! reopened, with a backoff; events wait for it in a bounded buffer, and those that
+//! cannot are counted in `vigie_audit_write_errors_total` and spilled to the log.
+//! Retention runs between batches, a chunk at a time.
 //! This module does not decide what is worth recording: callers do.
 
 use std::borrow::Cow;
@@ -41,6 +44,19 @@ const BATCH: usize = 4_096;
 const LINGER: Duration = Duration::from_millis(50);
 /// Events written per store transaction (a batch is written in chunks).
 const STORE_CHUNK: usize = 256;
+/// Events kept for the store while it fails (a PostgreSQL restart, a full disk),
+/// written first once it works again; past this the oldest are counted as write
+/// errors and spilled to the log.
+const RETRY_CAPACITY: usize = QUEUE_CAPACITY;
+/// First wait before trying a failed store again; it doubles at each failure.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between two tries while the store stays unavailable.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Rows one retention step deletes: a few milliseconds of SQLite, so the writer
+/// drains the queue between two steps however large the backlog.
+const PURGE_CHUNK: usize = 2_000;
+/// At most one "store unavailable" error line per this long.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Whether a batch of `batch` events, with `queued` more waiting, is written paced
 /// ([`store::Store::set_paced`]): only under a light load — at most half a batch per
@@ -271,15 +287,39 @@ enum Output {
     Nothing,
 }
 
+/// Opens the configured store again (after a panic, or when it could not be opened
+/// at start): set by [`attach_store`].
+type Reopen = Arc<dyn Fn() -> Result<Box<dyn store::Store>, store::StoreError> + Send + Sync>;
+
 /// The single task that owns the store and writes events in batches.
 pub struct Writer {
     rx: mpsc::Receiver<AuditEvent>,
     out: Output,
     /// The queryable store (SQLite or PostgreSQL). `None` while a batch is being
-    /// written on a blocking thread, or when no store is configured.
+    /// written on a blocking thread, when no store is configured, or while a
+    /// configured one is being reopened (`reopen`).
     store: Option<Box<dyn store::Store>>,
+    /// Opens the configured store; `None` when none is configured.
+    reopen: Option<Reopen>,
+    /// Events a failed write left for the store, oldest first (at most
+    /// [`RETRY_CAPACITY`]), written before anything newer.
+    retry: Vec<AuditEvent>,
+    /// After a failure, the store is not tried again before this.
+    retry_at: Option<tokio::time::Instant>,
+    /// Wait after the next failure.
+    backoff: Duration,
+    /// When the last "store unavailable" error was logged.
+    logged_at: Option<Instant>,
     /// Events older than this are purged, hourly.
     retention: Option<chrono::Duration>,
+    /// A retention purge under way: events before this go, a chunk at a time.
+    purging: Option<Purge>,
+}
+
+/// A retention purge under way.
+struct Purge {
+    before: DateTime<Utc>,
+    deleted: usize,
 }
 
 /// How often retention runs.
@@ -287,24 +327,30 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Opens the configured store (SQLite under `data_dir` by default, or PostgreSQL)
 /// and attaches it to `writer`, with the configured retention.
+/// If it cannot be opened now, the error is returned and the writer keeps trying
+/// (with a backoff), keeping events for it meanwhile.
 pub fn attach_store(
     writer: &mut Writer,
     settings: &crate::config::AuditSettings,
     data_dir: Option<&Path>,
 ) -> Result<(), store::StoreError> {
-    let mut opened = store::open(settings, data_dir)?;
-    if let Some(store) = &mut opened
-        && let Err(e) = store.take_writer_role()
-    {
-        // Not fatal: the writer then checkpoints as SQLite does by default.
-        tracing::warn!("audit store: checkpoints stay on the writer's thread ({e})");
-    }
-    writer.store = opened;
-    if writer.store.is_some() && matches!(writer.out, Output::Log) {
-        // The store holds them: the log would only be a second, slower copy.
-        writer.out = Output::Nothing;
-    }
     writer.retention = Some(chrono::Duration::days(i64::from(settings.retention_days)));
+    if !store::configured(settings, data_dir) {
+        return Ok(());
+    }
+    let (settings, dir) = (settings.clone(), data_dir.map(Path::to_path_buf));
+    let reopen: Reopen = Arc::new(move || {
+        let mut opened =
+            store::open(&settings, dir.as_deref())?.ok_or(store::StoreError::NotConfigured)?;
+        if let Err(e) = opened.take_writer_role() {
+            // Not fatal: the writer then checkpoints as SQLite does by default.
+            tracing::warn!("audit store: checkpoints stay on the writer's thread ({e})");
+        }
+        Ok(opened)
+    });
+    writer.reopen = Some(reopen.clone());
+    let opened = reopen()?;
+    writer.attach(opened);
     Ok(())
 }
 
@@ -335,31 +381,52 @@ pub async fn open(path: Option<&Path>) -> Result<(AuditSink, Writer), AuditError
         None => Output::Log,
     };
     let (sink, rx) = AuditSink::channel(QUEUE_CAPACITY);
-    Ok((
-        sink,
+    Ok((sink, Writer::new(rx, out)))
+}
+
+impl Writer {
+    fn new(rx: mpsc::Receiver<AuditEvent>, out: Output) -> Writer {
         Writer {
             rx,
             out,
             store: None,
+            reopen: None,
+            retry: Vec::new(),
+            retry_at: None,
+            backoff: RETRY_MIN,
+            logged_at: None,
             retention: None,
-        },
-    ))
-}
+            purging: None,
+        }
+    }
 
-impl Writer {
     /// Writes batches until `cancel` fires, then drains what is queued and flushes,
     /// so a clean shutdown loses nothing that was accepted.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut purge = tokio::time::interval(PURGE_EVERY);
         loop {
+            let retry_at = self.retry_at.unwrap_or_else(tokio::time::Instant::now);
             let n = tokio::select! {
-                n = self.rx.recv_many(&mut batch, BATCH) => n,
+                biased;
+                _ = cancel.cancelled() => break,
                 _ = purge.tick() => {
-                    self.purge().await;
+                    self.start_purge();
                     continue;
                 }
-                _ = cancel.cancelled() => break,
+                n = self.rx.recv_many(&mut batch, BATCH) => n,
+                // Events kept for a failed store are retried on time even when no
+                // new event comes to carry them.
+                _ = tokio::time::sleep_until(retry_at), if !self.retry.is_empty() => {
+                    let spare = self.write_store(Vec::new()).await;
+                    drop(spare);
+                    continue;
+                }
+                // A purge under way goes on while nothing else is to be done.
+                _ = std::future::ready(()), if self.purging.is_some() && self.store.is_some() => {
+                    self.purge_step().await;
+                    continue;
+                }
             };
             if n == 0 {
                 break;
@@ -379,6 +446,11 @@ impl Writer {
                 }
             }
             self.write(&mut batch).await;
+            // One chunk of a purge under way per batch written: however old the
+            // backlog, the queue is drained between two chunks.
+            if self.purging.is_some() && self.store.is_some() {
+                self.purge_step().await;
+            }
         }
         // Stop accepting, then write what was accepted.
         self.rx.close();
@@ -389,105 +461,261 @@ impl Writer {
             }
         }
         self.write(&mut batch).await;
+        // A last try for what a failing store was given, whatever the backoff; what
+        // it still cannot take is counted and goes to the log.
+        if !self.retry.is_empty() {
+            self.retry_at = None;
+            drop(self.write_store(Vec::new()).await);
+            let lost = std::mem::take(&mut self.retry);
+            if !lost.is_empty() {
+                metrics::AUDIT_WRITE_ERRORS_TOTAL.inc_by(lost.len() as u64);
+                tracing::error!(
+                    events = lost.len(),
+                    "audit store unavailable at shutdown, events spilled to the log"
+                );
+                spill(&lost);
+            }
+        }
         if let Output::File(f) = &mut self.out
             && let Err(e) = f.flush().await
         {
             tracing::error!("audit log flush failed at shutdown: {e}");
         }
-    }
-
-    /// Deletes events past retention, on a blocking thread, between batches (so
-    /// SQLite never sees two writers).
-    async fn purge(&mut self) {
-        // (Retention first: taking the store and then finding no retention would
-        // drop the store.)
-        let Some(keep) = self.retention else { return };
-        let Some(mut store) = self.store.take() else {
-            return;
-        };
-        let before = Utc::now() - keep;
-        match tokio::task::spawn_blocking(move || {
-            let r = store.purge(before);
-            (store, r)
-        })
-        .await
-        {
-            Ok((store, r)) => {
-                self.store = Some(store);
-                match r {
-                    Ok(n) => {
-                        metrics::AUDIT_PURGED_TOTAL.inc_by(n as u64);
-                        if n > 0 {
-                            tracing::info!(
-                                purged = n,
-                                "audit retention: events before {before} deleted"
-                            );
-                        }
-                    }
-                    Err(e) => tracing::error!("audit retention failed: {e}"),
-                }
-            }
-            Err(e) => tracing::error!("audit retention task failed: {e}"),
+        // Closed on a blocking thread: the PostgreSQL client blocks on a runtime of
+        // its own when dropped, which panics on one of tokio's.
+        if let Some(store) = self.store.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(store)).await;
         }
     }
 
-    /// Writes a batch to the store on a blocking thread. On failure (full disk,
-    /// read-only store, database down) the events are counted, spilled to the log
-    /// so they are not lost, and filtering carries on.
-    /// Takes the batch by value (no copy) and gives the vector back for reuse.
-    async fn write_store(&mut self, events: Vec<AuditEvent>) -> Vec<AuditEvent> {
+    /// A store (re)opened: it holds the events, the log need not copy them.
+    fn attach(&mut self, store: Box<dyn store::Store>) {
+        self.store = Some(store);
+        if matches!(self.out, Output::Log) {
+            // The store holds them: the log would only be a second, slower copy.
+            self.out = Output::Nothing;
+        }
+    }
+
+    /// Starts a retention purge (hourly); [`Writer::purge_step`] does the work.
+    fn start_purge(&mut self) {
+        if let Some(keep) = self.retention
+            && self.purging.is_none()
+        {
+            self.purging = Some(Purge {
+                before: Utc::now() - keep,
+                deleted: 0,
+            });
+        }
+    }
+
+    /// Deletes one chunk of events past retention, on a blocking thread, between
+    /// batches (so SQLite never sees two writers and the queue is drained between
+    /// two chunks).
+    async fn purge_step(&mut self) {
+        let Some(before) = self.purging.as_ref().map(|p| p.before) else {
+            return;
+        };
         let Some(mut store) = self.store.take() else {
+            return; // resumes once the store is back
+        };
+        let r = tokio::task::spawn_blocking(move || {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                store.purge_chunk(before, PURGE_CHUNK)
+            })) {
+                Ok(r) => (Some(store), r.map_err(|e| e.to_string())),
+                // A store that panicked is not trusted with another call.
+                Err(_) => (None, Err("the store panicked".to_string())),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| (None, Err(format!("retention task failed: {e}"))));
+        let (store, r) = r;
+        self.store = store;
+        match r {
+            Ok(n) => {
+                metrics::AUDIT_PURGED_TOTAL.inc_by(n as u64);
+                let done = n < PURGE_CHUNK;
+                if let Some(p) = &mut self.purging {
+                    p.deleted += n;
+                    if done {
+                        if p.deleted > 0 {
+                            tracing::info!(
+                                purged = p.deleted,
+                                "audit retention: events before {before} deleted"
+                            );
+                        }
+                        self.purging = None;
+                    }
+                }
+            }
+            Err(e) => {
+                // Tried again at the next hourly run.
+                tracing::error!("audit retention failed: {e}");
+                self.purging = None;
+                if self.store.is_none() {
+                    self.retry_at = None; // reopened at the next write
+                }
+            }
+        }
+    }
+
+    /// Keeps `events` for the store, within [`RETRY_CAPACITY`]: the oldest past it
+    /// are counted as write errors and go to the log.
+    fn keep_for_retry(&mut self, events: Vec<AuditEvent>) {
+        self.retry.extend(events);
+        if self.retry.len() > RETRY_CAPACITY {
+            let over = self.retry.len() - RETRY_CAPACITY;
+            let lost: Vec<AuditEvent> = self.retry.drain(..over).collect();
+            metrics::AUDIT_WRITE_ERRORS_TOTAL.inc_by(over as u64);
+            if self.should_log() {
+                tracing::error!(
+                    events = over,
+                    "audit store unavailable for too long: events spilled to the log (see vigie_audit_write_errors_total)"
+                );
+            }
+            spill(&lost);
+        }
+    }
+
+    /// A failed write or reopen: the next try waits, longer each time.
+    fn failed(&mut self, why: &str) {
+        self.retry_at = Some(tokio::time::Instant::now() + self.backoff);
+        if self.should_log() {
+            tracing::error!(
+                kept = self.retry.len(),
+                "audit store unavailable ({why}): events kept for it, tried again in {:?}",
+                self.backoff
+            );
+        }
+        self.backoff = (self.backoff * 2).min(RETRY_MAX);
+    }
+
+    /// Whether a "store unavailable" error may be logged now (rate limit).
+    fn should_log(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .logged_at
+            .is_some_and(|t| now.duration_since(t) < ERROR_LOG_EVERY)
+        {
+            return false;
+        }
+        self.logged_at = Some(now);
+        true
+    }
+
+    /// Opens the configured store again, on a blocking thread.
+    async fn reopen(&mut self) {
+        let Some(reopen) = self.reopen.clone() else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || reopen()).await {
+            Ok(Ok(store)) => {
+                tracing::info!("audit store open again");
+                self.attach(store);
+            }
+            Ok(Err(e)) => self.failed(&e.to_string()),
+            Err(e) => self.failed(&format!("reopen task failed: {e}")),
+        }
+    }
+
+    /// Writes `events`, after any kept from a failed write, to the store on a
+    /// blocking thread. A failure (full disk, read-only file, database down, even a
+    /// panic) keeps them for a retry after a backoff — a panicked store is
+    /// reopened —, and filtering carries on: nothing is lost without being counted.
+    /// Takes the batch by value (no copy) and gives a vector back for reuse.
+    async fn write_store(&mut self, events: Vec<AuditEvent>) -> Vec<AuditEvent> {
+        if self.reopen.is_none() && self.store.is_none() && self.retry.is_empty() {
+            return events; // no store configured
+        }
+        let mut events = events;
+        if !self.retry.is_empty() {
+            let mut all = std::mem::take(&mut self.retry);
+            all.append(&mut events);
+            events = all;
+        }
+        if events.is_empty() {
             return events;
+        }
+        if self
+            .retry_at
+            .is_some_and(|t| tokio::time::Instant::now() < t)
+        {
+            self.keep_for_retry(events);
+            return Vec::new();
+        }
+        if self.store.is_none() {
+            self.reopen().await;
+        }
+        let Some(mut store) = self.store.take() else {
+            if self.reopen.is_none() {
+                self.failed("no store to reopen");
+            }
+            self.keep_for_retry(events);
+            return Vec::new();
         };
         let n = events.len();
         let paced = pace(n, self.rx.len());
-        match tokio::task::spawn_blocking(move || {
+        let written = tokio::task::spawn_blocking(move || {
             store.set_paced(paced);
             // One transaction per chunk, so no transaction holds a whole batch. Where
             // the writer shares a core with the services (a small appliance, a
             // pinned benchmark) what actually hands the core over under light load
             // is the paced insert inside each chunk (`set_paced` above); the yield
             // between chunks barely does under EEVDF (benches/RESULTS.md).
-            let mut r = Ok(());
+            let mut failure = None;
+            let mut trusted = true;
             let mut stored = 0;
-            let mut events = events;
             for chunk in events.chunks(STORE_CHUNK) {
-                if let Err(e) = store.insert_batch(chunk) {
-                    r = Err(e);
-                    break;
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    store.insert_batch(chunk)
+                }));
+                match r {
+                    Ok(Ok(())) => stored += chunk.len(),
+                    Ok(Err(e)) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                    // A store that panicked is not trusted with another call: it
+                    // is dropped and the configured one opened again.
+                    Err(_) => {
+                        failure = Some("the store panicked".to_string());
+                        trusted = false;
+                        break;
+                    }
                 }
-                stored += chunk.len();
                 if stored < events.len() {
                     std::thread::yield_now();
                 }
             }
-            if let Err(e) = &r {
-                let lost = n - stored;
-                metrics::AUDIT_WRITE_ERRORS_TOTAL.inc_by(lost as u64);
-                tracing::error!(
-                    events = lost,
-                    "audit store write failed, events spilled to the log: {e}"
-                );
-                for ev in &events[stored..] {
-                    if let Ok(line) = serde_json::to_string(ev) {
-                        tracing::warn!(target: "vigie::audit", "{line}");
-                    }
-                }
-            }
+            let rest = events.split_off(stored);
             // The events are freed here, not on the runtime's thread: a batch is
             // thousands of strings, better not freed between two requests.
             events.clear();
-            (store, events)
+            (trusted.then_some(store), failure, rest, events)
         })
-        .await
-        {
-            Ok((store, events)) => {
-                self.store = Some(store);
-                events
+        .await;
+        match written {
+            Ok((store, failure, rest, spare)) => {
+                self.store = store;
+                match failure {
+                    None => {
+                        self.retry_at = None;
+                        self.backoff = RETRY_MIN;
+                    }
+                    Some(why) => {
+                        self.keep_for_retry(rest);
+                        self.failed(&why);
+                    }
+                }
+                spare
             }
             Err(e) => {
+                // The task itself is gone (the runtime shutting down), with its
+                // events: counted, and the store opened again next time.
                 metrics::AUDIT_WRITE_ERRORS_TOTAL.inc_by(n as u64);
-                tracing::error!(events = n, "audit store task failed; store closed: {e}");
+                tracing::error!(events = n, "audit store task failed, events lost: {e}");
+                self.failed(&e.to_string());
                 Vec::new()
             }
         }
@@ -532,6 +760,16 @@ impl Writer {
         }
         *batch = self.write_store(std::mem::take(batch)).await;
         batch.clear();
+    }
+}
+
+/// Events the store could not take, as JSON lines in the log (target
+/// `vigie::audit`), so they are not lost.
+fn spill(events: &[AuditEvent]) {
+    for ev in events {
+        if let Ok(line) = serde_json::to_string(ev) {
+            tracing::warn!(target: "vigie::audit", "{line}");
+        }
     }
 }
 
@@ -611,7 +849,7 @@ mod tests {
                 ),
             })
         }
-        fn purge(&mut self, _: DateTime<Utc>) -> Result<usize, store::StoreError> {
+        fn purge_chunk(&mut self, _: DateTime<Utc>, _: usize) -> Result<usize, store::StoreError> {
             Ok(0)
         }
         fn blocks_matching(
@@ -673,6 +911,186 @@ mod tests {
         task.await.unwrap();
         let counted = metrics::AUDIT_WRITE_ERRORS_TOTAL.get() - before;
         assert!(counted >= 60, "{counted} write errors counted");
+    }
+
+    /// A SQLite store whose first insert panics (a bug, a driver's assertion).
+    struct PanicsOnce(store::SqliteStore, bool);
+
+    impl store::Store for PanicsOnce {
+        fn insert_batch(&mut self, events: &[AuditEvent]) -> Result<(), store::StoreError> {
+            if !self.1 {
+                self.1 = true;
+                panic!("insert panicked (test)");
+            }
+            self.0.insert_batch(events)
+        }
+        fn purge_chunk(&mut self, b: DateTime<Utc>, n: usize) -> Result<usize, store::StoreError> {
+            self.0.purge_chunk(b, n)
+        }
+        fn blocks_matching(
+            &mut self,
+            d: store::Dimension,
+            p: store::Period,
+            n: usize,
+            f: &store::BlockFilter,
+        ) -> Result<Vec<(String, u64)>, store::StoreError> {
+            self.0.blocks_matching(d, p, n, f)
+        }
+        fn user_history(
+            &mut self,
+            a: &store::HistoryAccess<'_>,
+            u: Option<&str>,
+            p: store::Period,
+            b: Option<i64>,
+            n: usize,
+        ) -> Result<Vec<store::StoredEvent>, store::StoreError> {
+            self.0.user_history(a, u, p, b, n)
+        }
+        fn history_accesses(
+            &mut self,
+            n: usize,
+        ) -> Result<Vec<store::HistoryAccessRecord>, store::StoreError> {
+            self.0.history_accesses(n)
+        }
+        fn by_reference(
+            &mut self,
+            r: &str,
+        ) -> Result<Option<store::StoredEvent>, store::StoreError> {
+            self.0.by_reference(r)
+        }
+        fn count(&mut self) -> Result<u64, store::StoreError> {
+            self.0.count()
+        }
+    }
+
+    fn sqlite_reopen(path: &Path) -> Reopen {
+        let path = path.to_path_buf();
+        Arc::new(move || Ok(Box::new(store::SqliteStore::open(&path)?) as Box<dyn store::Store>))
+    }
+
+    fn stored(path: &Path) -> u64 {
+        store::Store::count(&mut store::SqliteStore::open(path).unwrap()).unwrap()
+    }
+
+    async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A panic inside the store costs no event: the store is dropped, the
+    /// configured one opened again after a backoff, and the batch written to it.
+    #[tokio::test]
+    async fn a_store_that_panics_is_reopened_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let (sink, mut writer) = open(None).await.unwrap();
+        writer.store = Some(Box::new(PanicsOnce(
+            store::SqliteStore::open(&path).unwrap(),
+            false,
+        )));
+        writer.reopen = Some(sqlite_reopen(&path));
+        writer.out = Output::Nothing;
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(writer.run(cancel.clone()));
+        for i in 0..100 {
+            sink.record(event(i));
+        }
+        eventually("the first events in the reopened store", || {
+            stored(&path) == 100
+        })
+        .await;
+        for i in 100..150 {
+            sink.record(event(i));
+        }
+        cancel.cancel();
+        task.await.unwrap();
+        assert_eq!(stored(&path), 150);
+    }
+
+    /// A store that cannot be opened at start (PostgreSQL down) is opened later,
+    /// with a backoff, and gets the events recorded meanwhile.
+    #[tokio::test]
+    async fn a_store_unavailable_at_start_gets_its_events_once_it_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let (sink, mut writer) = open(None).await.unwrap();
+        let tries = Arc::new(AtomicU64::new(0));
+        let (t, p) = (tries.clone(), path.clone());
+        writer.reopen = Some(Arc::new(move || {
+            if t.fetch_add(1, Ordering::SeqCst) < 2 {
+                return Err(store::StoreError::Postgres {
+                    name: "test".into(),
+                    message: "connection refused".into(),
+                });
+            }
+            Ok(Box::new(store::SqliteStore::open(&p)?) as Box<dyn store::Store>)
+        }));
+        writer.out = Output::Nothing;
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(writer.run(cancel.clone()));
+        for i in 0..20 {
+            sink.record(event(i));
+        }
+        eventually("the events in the store", || {
+            path.exists() && stored(&path) == 20
+        })
+        .await;
+        assert_eq!(tries.load(Ordering::SeqCst), 3);
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    /// Retention deletes a large backlog a chunk at a time between batches: events
+    /// recorded meanwhile, faster than a small queue holds for the whole purge,
+    /// all reach the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_purge_does_not_hold_the_queue_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let mut s = store::SqliteStore::open(&path).unwrap();
+        let long_ago = Utc::now() - chrono::Duration::days(400);
+        for c in 0..20u64 {
+            let old: Vec<AuditEvent> = (0..10_000)
+                .map(|i| AuditEvent {
+                    time: long_ago,
+                    ..event(c * 10_000 + i)
+                })
+                .collect();
+            store::Store::insert_batch(&mut s, &old).unwrap();
+        }
+        drop(s);
+        let (sink, rx) = AuditSink::channel(1_024);
+        let mut writer = Writer::new(rx, Output::Nothing);
+        writer.store = Some(Box::new(store::SqliteStore::open(&path).unwrap()));
+        writer.retention = Some(chrono::Duration::days(30));
+        let cancel = CancellationToken::new();
+        // The first hourly tick is at once: the purge starts with the writer.
+        let task = tokio::spawn(writer.run(cancel.clone()));
+        let mut sent = 0;
+        for _ in 0..100 {
+            for _ in 0..50 {
+                sink.record(event(sent));
+                sent += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let old = store::Period {
+            from: long_ago - chrono::Duration::days(1),
+            to: long_ago + chrono::Duration::days(1),
+        };
+        eventually("the end of the purge", || {
+            let mut s = store::SqliteStore::open(&path).unwrap();
+            store::Store::blocks_by(&mut s, store::Dimension::Hour, old, 10)
+                .unwrap()
+                .is_empty()
+        })
+        .await;
+        cancel.cancel();
+        task.await.unwrap();
+        assert_eq!(stored(&path), sent, "events dropped during the purge");
     }
 
     /// A store that cannot be opened says where and why.

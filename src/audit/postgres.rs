@@ -3,6 +3,8 @@
 //! (checked by the same conformance suite); synchronous, driven by the writer from
 //! a blocking thread, never from the hot path.
 
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
 use postgres::{Client, NoTls};
 
@@ -54,7 +56,18 @@ pub struct PgStore {
     client: Client,
     /// The connection string without its password, for messages.
     name: String,
+    /// The connection string as configured, to connect again (never shown).
+    url: String,
+    /// After a failed reconnection, no other is tried before this.
+    retry_at: Option<Instant>,
+    /// Wait after the next failed reconnection (doubles up to [`RECONNECT_MAX`]).
+    backoff: Duration,
 }
+
+/// First wait after a failed reconnection; it doubles at each failure.
+const RECONNECT_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between two reconnections while the server stays down.
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 fn row_to_event(r: &postgres::Row) -> Result<StoredEvent, postgres::Error> {
     Ok(StoredEvent {
@@ -80,14 +93,60 @@ impl PgStore {
     /// creates the schema if needed.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         let name = redact(url);
-        let mut client = Client::connect(url, NoTls).map_err(|e| pg_err(&name, e))?;
-        client.batch_execute(SCHEMA).map_err(|e| pg_err(&name, e))?;
-        Ok(PgStore { client, name })
+        let client = open(url).map_err(|e| pg_err(&name, e))?;
+        Ok(PgStore {
+            client,
+            name,
+            url: url.to_string(),
+            retry_at: None,
+            backoff: RECONNECT_MIN,
+        })
+    }
+
+    /// The connection, made again first if it was lost (a server restart, a
+    /// network cut): a long-running writer or web app must not need a restart of
+    /// its own. While the server stays down, one attempt per backoff period; the
+    /// calls in between fail at once.
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.is_closed() {
+            if let Some(at) = self.retry_at
+                && Instant::now() < at
+            {
+                return Err(StoreError::Postgres {
+                    name: self.name.clone(),
+                    message: format!(
+                        "connection lost; next reconnection in {} ms",
+                        at.saturating_duration_since(Instant::now()).as_millis()
+                    ),
+                });
+            }
+            match open(&self.url) {
+                Ok(c) => {
+                    tracing::info!("audit store {}: reconnected", self.name);
+                    self.client = c;
+                    self.retry_at = None;
+                    self.backoff = RECONNECT_MIN;
+                }
+                Err(e) => {
+                    self.retry_at = Some(Instant::now() + self.backoff);
+                    self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
+                    return Err(self.err(e));
+                }
+            }
+        }
+        Ok(&mut self.client)
     }
 
     fn err(&self, e: postgres::Error) -> StoreError {
         pg_err(&self.name, e)
     }
+}
+
+/// A connection to `url` with the schema in place.
+fn open(url: &str) -> Result<Client, postgres::Error> {
+    let mut client = Client::connect(url, NoTls)?;
+    client.batch_execute(SCHEMA)?;
+    Ok(client)
 }
 
 fn pg_err(name: &str, e: postgres::Error) -> StoreError {
@@ -115,7 +174,7 @@ impl Store for PgStore {
     fn insert_batch(&mut self, events: &[AuditEvent]) -> Result<(), StoreError> {
         let name = self.name.clone();
         let err = |e| pg_err(&name, e);
-        let mut tx = self.client.transaction().map_err(err)?;
+        let mut tx = self.client()?.transaction().map_err(err)?;
         let stmt = tx
             .prepare(
                 "INSERT INTO vigie_events (time_ms, service, client_ip, username, identity, profile, target, host, qtype,
@@ -156,22 +215,16 @@ impl Store for PgStore {
         tx.commit().map_err(err)
     }
 
-    fn purge(&mut self, before: DateTime<Utc>) -> Result<usize, StoreError> {
-        let mut total = 0;
-        loop {
-            let n = self
-                .client
-                .execute(
-                    "DELETE FROM vigie_events WHERE id IN
-                     (SELECT id FROM vigie_events WHERE time_ms < $1 ORDER BY time_ms LIMIT 10000)",
-                    &[&ms(before)],
-                )
-                .map_err(|e| self.err(e))? as usize;
-            total += n;
-            if n < 10000 {
-                return Ok(total);
-            }
-        }
+    fn purge_chunk(&mut self, before: DateTime<Utc>, limit: usize) -> Result<usize, StoreError> {
+        let n = self
+            .client()?
+            .execute(
+                "DELETE FROM vigie_events WHERE id IN
+                 (SELECT id FROM vigie_events WHERE time_ms < $1 ORDER BY time_ms LIMIT $2)",
+                &[&ms(before), &(limit as i64)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n as usize)
     }
 
     fn blocks_matching(
@@ -208,7 +261,7 @@ impl Store for PgStore {
              GROUP BY k ORDER BY {order} LIMIT $3"
         );
         let rows = self
-            .client
+            .client()?
             .query(
                 &sql,
                 &[
@@ -239,7 +292,7 @@ impl Store for PgStore {
         check_justification(access)?;
         let name = self.name.clone();
         let err = |e| pg_err(&name, e);
-        let mut tx = self.client.transaction().map_err(err)?;
+        let mut tx = self.client()?.transaction().map_err(err)?;
         tx.execute(
             "INSERT INTO vigie_history_access (time_ms, accessed_by, subject, justification, from_ms, to_ms)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -273,7 +326,7 @@ impl Store for PgStore {
 
     fn history_accesses(&mut self, limit: usize) -> Result<Vec<HistoryAccessRecord>, StoreError> {
         let rows = self
-            .client
+            .client()?
             .query(
                 "SELECT time_ms, accessed_by, subject, justification, from_ms, to_ms FROM vigie_history_access ORDER BY id DESC LIMIT $1",
                 &[&(limit as i64)],
@@ -296,7 +349,7 @@ impl Store for PgStore {
 
     fn by_reference(&mut self, reference: &str) -> Result<Option<StoredEvent>, StoreError> {
         let row = self
-            .client
+            .client()?
             .query_opt(
                 &format!("SELECT {COLUMNS} FROM vigie_events WHERE reference = $1"),
                 &[&reference],
@@ -310,7 +363,7 @@ impl Store for PgStore {
 
     fn count(&mut self) -> Result<u64, StoreError> {
         let row = self
-            .client
+            .client()?
             .query_one("SELECT COUNT(*) FROM vigie_events", &[])
             .map_err(|e| self.err(e))?;
         row.try_get::<_, i64>(0)

@@ -28,7 +28,12 @@ pub enum StoreError {
     Postgres { name: String, message: String },
     #[error("reading a user's history needs a written justification (at least {min} characters)")]
     JustificationRequired { min: usize },
+    #[error("no audit store is configured")]
+    NotConfigured,
 }
+
+/// Rows [`Store::purge`] deletes per statement.
+const PURGE_CHUNK: usize = 10_000;
 
 /// Shortest justification accepted for reading one person's history.
 pub const MIN_JUSTIFICATION: usize = 15;
@@ -217,8 +222,23 @@ pub trait Store: Send {
     /// asks for it only while the queue is shallow. Stores whose work happens in
     /// another process (PostgreSQL) ignore it.
     fn set_paced(&mut self, _paced: bool) {}
-    /// Deletes events older than `before`; returns how many.
-    fn purge(&mut self, before: DateTime<Utc>) -> Result<usize, StoreError>;
+    /// Deletes events older than `before`; returns how many. In chunks, each its
+    /// own statement; the writer runs [`Store::purge_chunk`] itself instead, one
+    /// chunk between two batches, so a first purge of a large backlog never holds
+    /// the queue up.
+    fn purge(&mut self, before: DateTime<Utc>) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self.purge_chunk(before, PURGE_CHUNK)?;
+            total += n;
+            if n < PURGE_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+    /// Deletes at most `limit` of the oldest events older than `before`; returns
+    /// how many (fewer than `limit`: nothing older is left).
+    fn purge_chunk(&mut self, before: DateTime<Utc>, limit: usize) -> Result<usize, StoreError>;
     /// Blocked requests in `period` counted by `dim`, largest first (hours in time
     /// order), at most `limit` rows.
     fn blocks_by(
@@ -336,6 +356,17 @@ pub fn open(
         }
         (AuditStoreKind::Sqlite, None) | (AuditStoreKind::None, _) => None,
     })
+}
+
+/// Whether [`open`] opens a store for these settings (not `store = "none"`, nor
+/// SQLite without a data directory).
+pub fn configured(settings: &crate::config::AuditSettings, data_dir: Option<&Path>) -> bool {
+    use crate::config::AuditStoreKind;
+    match settings.store {
+        AuditStoreKind::Postgres => true,
+        AuditStoreKind::Sqlite => data_dir.is_some(),
+        AuditStoreKind::None => false,
+    }
 }
 
 impl SqliteStore {
@@ -501,24 +532,13 @@ impl Store for SqliteStore {
         tx.commit().map_err(err)
     }
 
-    /// Deletes events older than `before`, in chunks so the writer is never held
-    /// up for long. Returns how many were deleted.
-    fn purge(&mut self, before: DateTime<Utc>) -> Result<usize, StoreError> {
-        let mut total = 0;
-        loop {
-            let n = self
-                .conn
-                .execute(
-                    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time_ms < ?1 ORDER BY time_ms LIMIT 10000)",
-                    params![ms(before)],
-                )
-                .map_err(|e| self.err(e))?;
-            total += n;
-            if n < 10000 {
-                break;
-            }
-        }
-        Ok(total)
+    fn purge_chunk(&mut self, before: DateTime<Utc>, limit: usize) -> Result<usize, StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time_ms < ?1 ORDER BY time_ms LIMIT ?2)",
+                params![ms(before), limit as i64],
+            )
+            .map_err(|e| self.err(e))
     }
 
     /// Blocked requests in `period` that `filter` keeps, counted by `dim`, largest
