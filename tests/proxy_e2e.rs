@@ -79,6 +79,14 @@ async fn origin_service(mut req: Request<Incoming>) -> Result<Response<OBody>, s
             });
             Ok(Response::new(StreamBody::new(stream).boxed()))
         }
+        "/stall" => {
+            // A chunk, then nothing ever again (the connection stays open).
+            let first = futures_util::stream::once(async {
+                Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"first chunk\n")))
+            });
+            let stream = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+            Ok(Response::new(StreamBody::new(stream).boxed()))
+        }
         "/echo" => {
             let body = req
                 .into_body()
@@ -1562,6 +1570,36 @@ fn proxy_slow_upload_is_not_cut_by_the_first_byte_timeout() {
     );
     assert_eq!(r.status, 200, "{}", r.headers);
     assert_eq!(r.body.len(), 60_000);
+}
+
+#[test]
+fn proxy_drops_an_origin_that_stalls_mid_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Origin::start();
+    let v = start_vigie_with(dir.path(), true, 443, "idle_timeout_ms = 1000");
+    let started = Instant::now();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "30",
+            "-x",
+            &format!("http://{}", v.proxy),
+        ])
+        .arg(format!("http://localhost:{}/stall", origin.port()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // The first chunk arrives, then the response is cut (not completed, not left
+    // hanging until curl's own 30 s limit).
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "first chunk\n");
+    assert!(!out.status.success(), "a cut response is an error for curl");
+    assert_ne!(
+        out.status.code(),
+        Some(28),
+        "curl timed out: vigie kept it open"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
 }
 
 #[test]

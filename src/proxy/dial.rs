@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use hyper::Uri;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::guard::{Forbidden, Guard, parse_host_ip};
@@ -68,6 +69,9 @@ pub struct Dialer {
     /// The DNS filter, whose cache and upstreams resolve origin names; `None`: the
     /// system resolver.
     pub resolver: Option<Arc<crate::dns::Handler>>,
+    /// An origin connection that leaves a read pending this long fails (`[proxy]
+    /// idle_timeout_ms`): a stalled response body does not hold a client's place.
+    pub read_idle: Duration,
 }
 
 impl Dialer {
@@ -237,7 +241,7 @@ pub fn uri_host(uri: &Uri) -> Option<&str> {
 pub struct Connector(pub Arc<Dialer>);
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<IdleRead<TcpStream>>;
     type Error = DialError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, DialError>> + Send>>;
 
@@ -251,8 +255,104 @@ impl tower_service::Service<Uri> for Connector {
             let host = uri_host(&uri).ok_or(DialError::NoHost)?.to_string();
             let port = uri.port_u16().unwrap_or(80);
             let stream = dialer.connect(&host, port).await?;
-            Ok(TokioIo::new(stream))
+            Ok(TokioIo::new(IdleRead::new(stream, dialer.read_idle)))
         })
+    }
+}
+
+/// A stream whose reads fail with `TimedOut` when one stays pending for `idle`
+/// with no byte arriving. Only a pending read counts: an origin the client is slow
+/// to read from (no read asked for) is not idle. The deadline moves lazily — a read
+/// stores the time, the timer checks it when it fires — so the hot path costs a
+/// clock read, not a timer reset or an allocation per response.
+pub struct IdleRead<S> {
+    inner: S,
+    idle: Duration,
+    last: Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> IdleRead<S> {
+    pub fn new(inner: S, idle: Duration) -> Self {
+        IdleRead {
+            inner,
+            idle,
+            last: Instant::now(),
+            timer: None,
+        }
+    }
+}
+
+impl hyper_util::client::legacy::connect::Connection for IdleRead<TcpStream> {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.inner.connected()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleRead<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    this.last = Instant::now();
+                }
+                Poll::Ready(r)
+            }
+            // The timer is made once and left at its deadline while reads succeed;
+            // when it fires early (bytes came since it was set) it moves on.
+            Poll::Pending => loop {
+                let deadline = tokio::time::Instant::from_std(this.last + this.idle);
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) if tokio::time::Instant::now() >= deadline => {
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "origin idle",
+                        )));
+                    }
+                    Poll::Ready(()) => timer.as_mut().reset(deadline),
+                }
+            },
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleRead<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -279,6 +379,7 @@ mod tests {
             guard: Guard::new(&crate::config::ProxyConfig::default(), vec![], vec![]),
             connect_timeout: Duration::from_secs(2),
             resolver: None,
+            read_idle: Duration::from_secs(300),
         };
         for host in [
             "localhost",
@@ -297,6 +398,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_read_left_pending_too_long_fails_and_progress_keeps_it_alive() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut s = IdleRead::new(near, Duration::from_millis(400));
+        let mut buf = [0u8; 8];
+        // A byte every 250 ms: each read waits less than the 400 ms allowed.
+        let started = Instant::now();
+        let writer = tokio::spawn(async move {
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                far.write_all(b"x").await.unwrap();
+            }
+            far // kept open, silent
+        });
+        for _ in 0..4 {
+            assert_eq!(s.read(&mut buf).await.unwrap(), 1);
+        }
+        assert!(started.elapsed() >= Duration::from_millis(900));
+        let waited = Instant::now();
+        let e = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(
+            waited.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            waited.elapsed()
+        );
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
     async fn races_to_the_address_that_answers() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -308,6 +439,7 @@ mod tests {
             guard: Guard::new(&cfg, vec![], vec![]),
             connect_timeout: Duration::from_secs(2),
             resolver: None,
+            read_idle: Duration::from_secs(300),
         };
         // Port 1 on ::1 refuses at once; the IPv4 address then wins.
         let addrs = vec![

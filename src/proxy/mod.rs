@@ -253,6 +253,7 @@ pub async fn setup(
         guard: guard::Guard::new(cfg, own, guard::local_addresses()),
         connect_timeout: cfg.connect_timeout,
         resolver: setup.resolver.clone(),
+        read_idle: cfg.idle_timeout,
     });
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
