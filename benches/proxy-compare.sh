@@ -134,6 +134,8 @@ allow_loopback_origins = true
 connect_ports = [443, $ORIGIN_TLS_PORT]
 header_timeout_ms = 120000
 max_connections = 60000
+# Every client of the benchmark is 127.0.0.1, and IDLE of them hold a connection.
+max_connections_per_client = 0
 log_allowed = true
 [[categories]]
 id = "bench"
