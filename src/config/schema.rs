@@ -418,7 +418,8 @@ pub enum SniMismatch {
     /// CONNECTs to an IP with a named SNI stay usable.
     #[default]
     DecideBoth,
-    /// Refuse any tunnel whose SNI differs from its CONNECT host (domain fronting).
+    /// Refuse any tunnel whose SNI differs from its CONNECT host (domain fronting),
+    /// a CONNECT to an IP address that carries a named SNI included.
     Block,
 }
 
