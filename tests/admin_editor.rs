@@ -388,6 +388,12 @@ role = "auditor"
         "{}",
         seen.body
     );
+    // The period as the auditor asked for it: local days, the last one included.
+    assert!(
+        seen.body.contains(&format!("du {from} au {to}.")),
+        "{}",
+        seen.body
+    );
     // Showing is not reading: the notice stays until the person says so, with the
     // form's token.
     let again = curl("127.0.0.5", &["-c", jar, "-b", jar, &portal]);

@@ -226,8 +226,34 @@ pub fn diff(old: &str, new: &str) -> Vec<DiffLine> {
 pub struct SimRow {
     pub target: String,
     pub profile: String,
-    pub before: String,
-    pub after: String,
+    pub before: SimVerdict,
+    pub after: SimVerdict,
+}
+
+/// A simulated verdict, worded at display time in the reader's language.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SimVerdict {
+    /// The profile does not exist in that version.
+    NoProfile,
+    Allow,
+    /// Blocked, by this rule (its text as in the configuration).
+    Block(String),
+    /// Allowed through this safe-search host.
+    SafeSearch(String),
+}
+
+impl SimVerdict {
+    pub fn text(&self, lang: Lang) -> String {
+        match self {
+            SimVerdict::NoProfile => "—".into(),
+            SimVerdict::Allow => tr(lang, "permis", "allowed").into(),
+            SimVerdict::Block(rule) => format!("{} — {rule}", tr(lang, "bloqué", "blocked")),
+            SimVerdict::SafeSearch(host) => format!(
+                "{} → {host}",
+                tr(lang, "recherche sécurisée", "safe search")
+            ),
+        }
+    }
 }
 
 impl SimRow {
@@ -236,16 +262,21 @@ impl SimRow {
     }
 }
 
-fn verdict_text(snap: &Snapshot, target: &CheckTarget, profile: &str, at: DateTime<Utc>) -> String {
+fn verdict_of(
+    snap: &Snapshot,
+    target: &CheckTarget,
+    profile: &str,
+    at: DateTime<Utc>,
+) -> SimVerdict {
     let Some(id) = snap.config.profile_id(profile) else {
-        return "—".into();
+        return SimVerdict::NoProfile;
     };
     let identity = Identity::profile(id, IdentitySource::Operator);
     let d = policy::decide(snap, &target.request(), &identity, at);
     match d.verdict {
-        Verdict::Allow => "allow".into(),
-        Verdict::Block => format!("block — {}", d.rule(snap)),
-        Verdict::SafeSearch { target } => format!("safe search → {target}"),
+        Verdict::Allow => SimVerdict::Allow,
+        Verdict::Block => SimVerdict::Block(d.rule(snap).to_string()),
+        Verdict::SafeSearch { target } => SimVerdict::SafeSearch(target.to_string()),
     }
 }
 
@@ -274,8 +305,8 @@ pub fn simulate(
             rows.push(SimRow {
                 target: t.to_string(),
                 profile: p.clone(),
-                before: verdict_text(old, &target, p, at),
-                after: verdict_text(new, &target, p, at),
+                before: verdict_of(old, &target, p, at),
+                after: verdict_of(new, &target, p, at),
             });
         }
     }
@@ -846,8 +877,8 @@ async fn preview(
                 tbody {
                     @for r in &rows {
                         tr class=[r.changed().then_some("changed")] {
-                            td { (r.target) } td { (r.profile) } td { (r.before) }
-                            td { (r.after) @if r.changed() { " " strong { (tr(lang, "(changé)", "(changed)")) } } }
+                            td { (r.target) } td { (r.profile) } td { (r.before.text(lang)) }
+                            td { (r.after.text(lang)) @if r.changed() { " " strong { (tr(lang, "(changé)", "(changed)")) } } }
                         }
                     }
                 }
@@ -994,6 +1025,21 @@ async fn versions_page(State(admin): State<Arc<Admin>>, s: Session) -> Response 
     )
 }
 
+/// 404: no kept version of that name.
+fn no_version(s: &Session, id: &str) -> Response {
+    let lang = s.lang;
+    let text = match lang {
+        Lang::Fr => format!("Aucune version « {id} » n'est conservée."),
+        Lang::En => format!("No version \"{id}\" is kept."),
+    };
+    layout::message(
+        &s.chrome(),
+        StatusCode::NOT_FOUND,
+        tr(lang, "Version introuvable", "Version not found"),
+        &text,
+    )
+}
+
 #[derive(Deserialize)]
 struct CsrfOnly {
     csrf: String,
@@ -1011,12 +1057,12 @@ async fn restore(
     let Some(path) = admin.config_path.clone() else {
         return no_file(&s);
     };
-    if !valid_version_id(&id) {
-        return layout::message(&s.chrome(), StatusCode::NOT_FOUND, "404", &id);
-    }
     let file = versions_dir(&admin, &path).join(format!("{id}.toml"));
-    let Ok(text) = std::fs::read_to_string(&file) else {
-        return layout::message(&s.chrome(), StatusCode::NOT_FOUND, "404", &id);
+    let text = valid_version_id(&id)
+        .then(|| std::fs::read_to_string(&file).ok())
+        .flatten();
+    let Some(text) = text else {
+        return no_version(&s, &id);
     };
     applied(
         &s,
@@ -1027,6 +1073,26 @@ async fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn simulated_verdicts_are_worded_in_the_readers_language() {
+        let block = SimVerdict::Block("eleves: block gambling".into());
+        assert_eq!(block.text(Lang::Fr), "bloqué — eleves: block gambling");
+        assert_eq!(block.text(Lang::En), "blocked — eleves: block gambling");
+        assert_eq!(SimVerdict::Allow.text(Lang::Fr), "permis");
+        assert_eq!(
+            SimVerdict::SafeSearch("forcesafesearch.google.com".into()).text(Lang::Fr),
+            "recherche sécurisée → forcesafesearch.google.com"
+        );
+        // Whether a row changed does not depend on the wording.
+        let row = SimRow {
+            target: "a.example".into(),
+            profile: "eleves".into(),
+            before: SimVerdict::Allow,
+            after: block,
+        };
+        assert!(row.changed());
+    }
 
     const TEXT: &str = "# Configuration de l'école\n[[categories]]\nid = \"gambling\"\nfr = \"Jeux\"\nen = \"Gambling\"\n\n[[categories]]\nid = \"games\"\nfr = \"Jeux vidéo\"\nen = \"Games\"\n\n[profiles.eleves]\nblock = [\"gambling\"]  # toujours\n\n[profiles.invites]\nblock = [\"gambling\"]\n";
 

@@ -398,9 +398,9 @@ async fn view(
                     td { (e.time.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S")) }
                     td.url { (e.host) }
                     td.url { (url_of(e)) }
-                    td { (e.verdict) }
+                    td { (verdict_label(lang, &e.verdict)) }
                     td { (e.category.as_deref().unwrap_or("")) }
-                    td { (e.service) }
+                    td { (service_label(lang, &e.service)) }
                 } } }
             } }
             @if events.len() == PAGE {
@@ -419,6 +419,41 @@ async fn view(
             }
         },
     )
+}
+
+/// A stored verdict as the reader says it (the CSV export keeps the stored word).
+fn verdict_label(lang: Lang, verdict: &str) -> String {
+    let (fr, en) = match verdict {
+        "allow" => ("permis", "allowed"),
+        "block" => ("bloqué", "blocked"),
+        "safe_search" => ("recherche sécurisée", "safe search"),
+        "login" => ("connexion", "sign-in"),
+        "login_failed" => ("connexion refusée", "sign-in refused"),
+        "login_throttled" => (
+            "connexion suspendue (trop d'essais)",
+            "sign-in held (too many attempts)",
+        ),
+        "login_unavailable" => (
+            "connexion non vérifiée (annuaire muet)",
+            "sign-in not checked (directory down)",
+        ),
+        "logout" => ("déconnexion", "sign-out"),
+        "review_request" => ("demande de déblocage", "unblock request"),
+        other => return other.to_string(),
+    };
+    tr(lang, fr, en).to_string()
+}
+
+/// A stored service name as the reader says it.
+fn service_label(lang: Lang, service: &str) -> String {
+    let (fr, en) = match service {
+        "dns" => ("DNS", "DNS"),
+        "proxy" => ("mandataire web", "web proxy"),
+        "auth" => ("identification", "sign-in"),
+        "admin" => ("administration", "administration"),
+        other => return other.to_string(),
+    };
+    tr(lang, fr, en).to_string()
 }
 
 /// The URL where it is known (plain HTTP through the proxy); empty otherwise.
@@ -659,6 +694,16 @@ mod tests {
         assert_eq!(p.to - p.from, chrono::Duration::days(3));
         assert!(period_of(tz, "2026-11-22", "2026-11-20").is_none());
         assert!(period_of(tz, "hier", "2026-11-20").is_none());
+    }
+
+    #[test]
+    fn verdicts_and_services_are_worded_for_the_reader() {
+        assert_eq!(verdict_label(Lang::Fr, "block"), "bloqué");
+        assert_eq!(verdict_label(Lang::En, "safe_search"), "safe search");
+        assert_eq!(verdict_label(Lang::Fr, "allow"), "permis");
+        assert_eq!(verdict_label(Lang::Fr, "nouveau_mot"), "nouveau_mot");
+        assert_eq!(service_label(Lang::Fr, "proxy"), "mandataire web");
+        assert_eq!(service_label(Lang::En, "auth"), "sign-in");
     }
 
     #[test]

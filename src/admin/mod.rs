@@ -247,3 +247,55 @@ pub fn router(admin: Arc<Admin>) -> axum::Router {
         .merge(health::routes())
         .with_state(admin)
 }
+
+/// An app over a config text, in memory (no data directory, no audit store), and
+/// the receiving end of its audit trail; for the page modules' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub fn admin(
+        config: &str,
+        users: Option<PathBuf>,
+    ) -> (Arc<Admin>, tokio::sync::mpsc::Receiver<AuditEvent>) {
+        let cfg = crate::config::parse(config, "t.toml", std::path::Path::new("/"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let snap = crate::snapshot::Snapshot::build(cfg, None).unwrap_or_else(|e| panic!("{e}"));
+        let (audit, rx) = AuditSink::channel(1000);
+        let admin = Admin::open(Setup {
+            store: Arc::new(SnapshotStore::new(snap)),
+            identities: Arc::new(IdentityTable::new()),
+            auth: Arc::new(Authenticator::new(users, None)),
+            audit,
+            data_dir: None,
+            config_path: None,
+            notices: Arc::new(crate::audit::notices::Notices::open(None)),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        (admin, rx)
+    }
+
+    /// A signed-in `user` with `role` (unrestricted), from 10.0.0.1.
+    pub fn session(user: &str, role: Role) -> session::Session {
+        session::Session {
+            user: user.to_string(),
+            roles: vec![(role, Vec::new())],
+            csrf: "0123456789abcdef0123456789abcdef".into(),
+            lang: crate::i18n::Lang::Fr,
+            ip: "10.0.0.1"
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+            here: "/admin/".into(),
+        }
+    }
+
+    /// The audit actions recorded so far.
+    pub fn actions(rx: &mut tokio::sync::mpsc::Receiver<AuditEvent>) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            out.push(ev.verdict);
+        }
+        out
+    }
+}

@@ -164,12 +164,9 @@ fn host_of_url(url: &str) -> Option<String> {
     (h.contains('.') && h.parse::<std::net::IpAddr>().is_err() && !h.starts_with('[')).then_some(h)
 }
 
-fn public_forbidden() -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        "403 forbidden: not a client network\n",
-    )
-        .into_response()
+/// 403 for an address outside the school's client networks, in its language.
+fn public_forbidden(lang: Lang) -> Response {
+    crate::identity::portal::not_client(lang)
 }
 
 fn review_token(headers: &HeaderMap) -> (String, bool) {
@@ -246,10 +243,10 @@ async fn show(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    if !admin.store.load().is_client(peer.ip()) {
-        return public_forbidden();
-    }
     let lang = layout::lang_of(&headers, &uri);
+    if !admin.store.load().is_client(peer.ip()) {
+        return public_forbidden(lang);
+    }
     let reference = clean_reference(q.reference.as_deref());
     // A request already made for this reference: show where it stands.
     if let Some(r) = &reference {
@@ -307,10 +304,10 @@ async fn create(
 ) -> Response {
     let ip = canonical_ip(peer.ip());
     let snap = admin.store.load();
-    if !snap.is_client(ip) {
-        return public_forbidden();
-    }
     let lang = layout::lang_of(&headers, &uri);
+    if !snap.is_client(ip) {
+        return public_forbidden(lang);
+    }
     let (token, fresh) = review_token(&headers);
     let reference = clean_reference(f.reference.as_deref());
     let again = |status: StatusCode, error: &str| {
@@ -464,10 +461,10 @@ async fn status(
     uri: Uri,
 ) -> Response {
     let snap = admin.store.load();
-    if !snap.is_client(peer.ip()) {
-        return public_forbidden();
-    }
     let lang = layout::lang_of(&headers, &uri);
+    if !snap.is_client(peer.ip()) {
+        return public_forbidden(lang);
+    }
     let here = here(&uri);
     let c = Chrome {
         lang,
@@ -658,6 +655,21 @@ struct RefuseForm {
     answer: String,
 }
 
+/// 409: someone else decided the request first.
+fn already_decided(s: &Session) -> Response {
+    let lang = s.lang;
+    layout::message(
+        &s.chrome(),
+        StatusCode::CONFLICT,
+        tr(lang, "Déjà décidée", "Already decided"),
+        tr(
+            lang,
+            "Cette demande a déjà été décidée.",
+            "This request was already decided.",
+        ),
+    )
+}
+
 /// The pending request `id`, if this person may decide it.
 async fn decidable(admin: &Arc<Admin>, s: &Session, id: i64) -> Result<Review, Response> {
     let found = admin
@@ -668,16 +680,7 @@ async fn decidable(admin: &Arc<Admin>, s: &Session, id: i64) -> Result<Review, R
     match found {
         Some(r) if !s.sees_ip(&r.client_ip) => Err(layout::forbidden(&s.chrome())),
         Some(r) if r.status == "pending" => Ok(r),
-        Some(_) => Err(layout::message(
-            &s.chrome(),
-            StatusCode::CONFLICT,
-            tr(lang, "Déjà décidée", "Already decided"),
-            tr(
-                lang,
-                "Cette demande a déjà été décidée.",
-                "This request was already decided.",
-            ),
-        )),
+        Some(_) => Err(already_decided(s)),
         None => Err(layout::message(
             &s.chrome(),
             StatusCode::NOT_FOUND,
@@ -755,7 +758,7 @@ async fn approve(
         .await
     {
         Ok(true) => {}
-        Ok(false) => return Redirect::to("/admin/reviews").into_response(),
+        Ok(false) => return already_decided(&s),
         Err(e) => return layout::failure(&s.chrome(), &e),
     }
     if let Err(e) = refresh(&admin).await {
@@ -806,9 +809,16 @@ async fn refuse(
             ),
         );
     }
-    let (by, a) = (s.user.clone(), answer.clone());
+    refuse_pending(&admin, &s, r, answer).await
+}
+
+/// Refuses `r`, read as pending a moment ago, and records it; unless someone
+/// decided it in between (then nothing happened, and nothing is recorded).
+async fn refuse_pending(admin: &Arc<Admin>, s: &Session, r: Review, answer: String) -> Response {
+    let (id, by, a) = (r.id, s.user.clone(), answer.clone());
     match admin.with_db(move |db| db.refuse(id, &by, &a)).await {
-        Ok(_) => {}
+        Ok(true) => {}
+        Ok(false) => return already_decided(s),
         Err(e) => return layout::failure(&s.chrome(), &e),
     }
     admin.record(
@@ -864,6 +874,47 @@ profile = "eleves-ab"
         assert!(!within("inconnu"));
         let both: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         assert!(profile_within(&snap, &auth, "eleves-ab", &both));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_that_came_second_is_not_recorded() {
+        let (admin, mut rx) =
+            super::super::testing::admin("default_profile = \"eleves\"\n[profiles.eleves]\n", None);
+        let s = super::super::testing::session("dir", Role::Director);
+        let id = admin
+            .with_db(|db| {
+                db.add_review(&NewReview {
+                    reference: "R-1",
+                    url: "http://casino.example/",
+                    host: "casino.example",
+                    category: None,
+                    client_ip: "10.0.0.5",
+                    requester: None,
+                    profile: "eleves",
+                    why: "travail de recherche",
+                })
+            })
+            .await
+            .unwrap();
+        let read = admin
+            .with_db(move |db| db.review(id))
+            .await
+            .unwrap()
+            .unwrap();
+        // Another director refuses it first.
+        admin
+            .with_db(move |db| db.refuse(id, "autre", "non"))
+            .await
+            .unwrap();
+        let r = refuse_pending(&admin, &s, read, "trop tard".into()).await;
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        assert!(!super::super::testing::actions(&mut rx).contains(&"review_refuse"));
+        let stored = admin
+            .with_db(move |db| db.review(id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.answer.as_deref(), Some("non"));
     }
 
     #[test]

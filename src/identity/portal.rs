@@ -226,6 +226,7 @@ fn status_page(
     user: &str,
     ends: &str,
     notices: &[(String, crate::audit::notices::Notice)],
+    tz: chrono_tz::Tz,
 ) -> Markup {
     let title = tr(lang, "Vous êtes connecté", "You are signed in");
     page(
@@ -243,7 +244,7 @@ fn status_page(
                             (tr(lang, "Le ", "On ")) (when) ", " strong { (n.accessed_by) }
                             (tr(lang, " a consulté votre historique de navigation pour la période du ",
                                 " read your browsing history for the period from "))
-                            (n.from.format("%Y-%m-%d")) (tr(lang, " au ", " to ")) (n.to.format("%Y-%m-%d")) "."
+                            (period_days(n, tz).0) (tr(lang, " au ", " to ")) (period_days(n, tz).1) "."
                         }
                         p { (tr(lang, "Motif : ", "Reason: ")) (n.justification) }
                     }
@@ -265,6 +266,19 @@ fn status_page(
             }
         },
     )
+}
+
+/// The first and last days a notice's read covered, in the school's time zone: the
+/// period is whole local days with an exclusive end (`admin::history`), so the
+/// last day is the one before the end.
+fn period_days(n: &crate::audit::notices::Notice, tz: chrono_tz::Tz) -> (String, String) {
+    let day = |t: chrono::DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d").to_string();
+    let last = if n.to > n.from {
+        n.to - chrono::Duration::nanoseconds(1)
+    } else {
+        n.to
+    };
+    (day(n.from), day(last))
 }
 
 /// The page with a fresh CSRF cookie (or the one the browser already holds).
@@ -289,12 +303,21 @@ fn token_for(headers: &HeaderMap) -> (String, bool) {
     }
 }
 
-fn forbidden() -> Response {
-    (
+/// 403 for an address outside the school's client networks (a plain line in the
+/// person's language: there is nothing for them here).
+pub fn not_client(lang: Lang) -> Response {
+    let mut r = (
         StatusCode::FORBIDDEN,
-        "403 forbidden: not a client network\n",
+        format!(
+            "403 — {}\n",
+            crate::i18n::t(lang, crate::i18n::Msg::NotClient)
+        ),
     )
-        .into_response()
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(lang.tag()) {
+        r.headers_mut().insert(header::CONTENT_LANGUAGE, v);
+    }
+    r
 }
 
 async fn show(
@@ -304,10 +327,10 @@ async fn show(
     headers: HeaderMap,
 ) -> Response {
     let ip = canonical_ip(peer.ip());
-    if !is_client(&p, ip) {
-        return forbidden();
-    }
     let lang = lang_of(&headers, q.lang.as_deref());
+    if !is_client(&p, ip) {
+        return not_client(lang);
+    }
     let (token, fresh) = token_for(&headers);
     let now = Utc::now();
     if let Some(b) = p.identities.get(ip, now) {
@@ -331,7 +354,7 @@ async fn show(
             StatusCode::OK,
             &token,
             fresh,
-            status_page(lang, &token, &b.user, &ends, &notices),
+            status_page(lang, &token, &b.user, &ends, &notices, tz),
         );
     }
     let url = safe_return(q.url.as_deref());
@@ -351,10 +374,10 @@ async fn login(
     Form(f): Form<LoginForm>,
 ) -> Response {
     let ip = canonical_ip(peer.ip());
-    if !is_client(&p, ip) {
-        return forbidden();
-    }
     let lang = lang_of(&headers, f.lang.as_deref());
+    if !is_client(&p, ip) {
+        return not_client(lang);
+    }
     let url = safe_return(f.url.as_deref());
     let (token, fresh) = token_for(&headers);
     let again = |status: StatusCode, error: &str| {
@@ -448,10 +471,10 @@ async fn logout(
     Form(f): Form<LogoutForm>,
 ) -> Response {
     let ip = canonical_ip(peer.ip());
-    if !is_client(&p, ip) {
-        return forbidden();
-    }
     let lang = lang_of(&headers, f.lang.as_deref());
+    if !is_client(&p, ip) {
+        return not_client(lang);
+    }
     let back = format!("/portal?lang={}", lang.code());
     if !csrf_ok(&headers, &f.csrf) {
         return Redirect::to(&back).into_response();
@@ -480,10 +503,10 @@ async fn acknowledge(
     Form(f): Form<AckForm>,
 ) -> Response {
     let ip = canonical_ip(peer.ip());
-    if !is_client(&p, ip) {
-        return forbidden();
-    }
     let lang = lang_of(&headers, f.lang.as_deref());
+    if !is_client(&p, ip) {
+        return not_client(lang);
+    }
     let back = format!("/portal?lang={}", lang.code());
     if !csrf_ok(&headers, &f.csrf) {
         return Redirect::to(&back).into_response();
@@ -499,10 +522,14 @@ async fn acknowledge(
 
 /// RFC 8908 captive-portal API: whether this client is still captive, and where to
 /// log in.
-async fn api(State(p): State<Arc<Portal>>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+async fn api(
+    State(p): State<Arc<Portal>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
     let ip = canonical_ip(peer.ip());
     if !is_client(&p, ip) {
-        return forbidden();
+        return not_client(lang_of(&headers, None));
     }
     let now = Utc::now();
     let snap = p.store.load();
@@ -532,6 +559,47 @@ async fn api(State(p): State<Arc<Portal>>, ConnectInfo(peer): ConnectInfo<Socket
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_notice_names_the_last_local_day_read() {
+        use chrono::TimeZone;
+        let tz = chrono_tz::America::Toronto;
+        // 2026-03-01 to 2026-03-03 read in Montréal: [Mar 1 00:00, Mar 4 00:00) local.
+        let local = |d: u32| {
+            tz.with_ymd_and_hms(2026, 3, d, 0, 0, 0)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        let n = crate::audit::notices::Notice {
+            subject: "eleve1".into(),
+            time: Utc::now(),
+            accessed_by: "verif".into(),
+            justification: "Plainte 2026-114".into(),
+            from: local(1),
+            to: local(4),
+            seen: false,
+        };
+        assert_eq!(
+            period_days(&n, tz),
+            ("2026-03-01".to_string(), "2026-03-03".to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn outsiders_are_refused_in_their_language() {
+        use http_body_util::BodyExt as _;
+        for (lang, text) in [
+            (Lang::Fr, "Votre réseau n'est pas autorisé"),
+            (Lang::En, "Your network may not"),
+        ] {
+            let r = not_client(lang);
+            assert_eq!(r.status(), StatusCode::FORBIDDEN);
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.contains(text), "{body}");
+            assert!(!body.contains("forbidden"), "{body}");
+        }
+    }
 
     #[test]
     fn return_urls_are_http_only() {
