@@ -778,3 +778,62 @@ fn update_without_a_running_vigie_and_with_data_dir() {
     assert!(other.join("lists/current/ut1/gambling/domains").is_file());
     assert!(other.join("lists/current/update.json").is_file());
 }
+
+/// A category that collapsed at the source (UT1 once published a nearly empty
+/// one) is refused against the list in force, which stays; an operator who knows
+/// the source really shrank lets it through with `min_share_of_current = 0`.
+#[test]
+fn update_refuses_a_list_that_collapsed_at_its_source() {
+    let server = ListServer::start();
+    let many: String = (0..100).map(|i| format!("casino-{i}.example\n")).collect();
+    server.set(
+        "/blacklists.tar.gz",
+        Route::ok(
+            ut1_tarball(&[
+                ("gambling/domains", &many),
+                ("doh/domains", "doh-v1.example\n"),
+            ]),
+            "\"ut1-big\"",
+        ),
+    );
+    server.set(
+        "/trackers.txt",
+        Route::ok(b"tracker-v1.example\n".to_vec(), "\"t1\""),
+    );
+    let s = Setup::new(&server);
+    let (code, _, err) = s.update();
+    assert_eq!(code, 0, "{err}");
+    let good = s.state();
+
+    server.set(
+        "/blacklists.tar.gz",
+        Route::ok(
+            ut1_tarball(&[
+                ("gambling/domains", "casino-0.example\n"),
+                ("doh/domains", "doh-v1.example\n"),
+            ]),
+            "\"ut1-collapsed\"",
+        ),
+    );
+    let (code, _, err) = s.update();
+    assert_eq!(code, 1, "a collapsed category must be refused:\n{err}");
+    assert!(
+        err.contains("ut1/gambling would go from 100 entries to 1")
+            && err.contains("min_share_of_current = 50 %")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(s.state(), good, "the lists in force changed");
+    let check = s.vigie(&["check", "--profile", "eleves", "casino-42.example"]);
+    assert_eq!(check.status.code(), Some(1), "still blocked: {check:?}");
+
+    let off = s.variant(
+        &server,
+        &server.url("/trackers.txt"),
+        "min_share_of_current = 0",
+        true,
+    );
+    let (code, _, err) = s.update_with(&off);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(s.state(), good);
+}

@@ -336,6 +336,7 @@ pub struct ListsUpdateConfig {
     pub max_unpacked_bytes: u64,
     pub max_bad_share: f64,
     pub min_entries: u64,
+    pub min_share_of_current: f64,
     pub keep: usize,
     /// The list sources an update refreshes, in source order.
     pub targets: Vec<UpdateTarget>,
@@ -966,6 +967,13 @@ impl Validator<'_> {
                 format!("lists_update.max_bad_share = {share}: expected a share between 0 and 1 (0.05 = 5 %)"),
             );
         }
+        let kept = *u.min_share_of_current.get_ref();
+        if !(0.0..=1.0).contains(&kept) {
+            self.error_at(
+                u.min_share_of_current.span(),
+                format!("lists_update.min_share_of_current = {kept}: expected a share between 0 and 1 (0.5 = half the entries in force; 0: no check)"),
+            );
+        }
 
         // `raw.lists[i]` became `sources[j]` with `sources[j].id == i`.
         let mut targets: Vec<UpdateTarget> = Vec::new();
@@ -1064,6 +1072,7 @@ impl Validator<'_> {
             max_unpacked_bytes,
             max_bad_share: share,
             min_entries: *u.min_entries.get_ref(),
+            min_share_of_current: kept,
             keep: usize::try_from(keep).unwrap_or(usize::MAX),
             targets,
         }

@@ -734,9 +734,15 @@ pub struct RawListsUpdate {
     /// Largest share of rejected lines a refreshed list may have (0.05 = 5 %).
     #[serde(default = "default_update_max_bad_share")]
     pub max_bad_share: Spanned<f64>,
-    /// Fewest entries a refreshed required list must hold.
+    /// Fewest entries a refreshed required list must hold (an optional one too,
+    /// when the list in force has entries).
     #[serde(default = "default_update_min_entries")]
     pub min_entries: Spanned<u64>,
+    /// Smallest share of the list in force a refreshed list must keep (0.5 = half
+    /// its entries; 0 turns the check off): a list that collapsed at its source
+    /// (an empty or cut file UT1 once published) is refused, the old one kept.
+    #[serde(default = "default_update_min_share_of_current")]
+    pub min_share_of_current: Spanned<f64>,
     /// List sets kept on disk, the one in force included (2: it and the previous).
     #[serde(default = "default_update_keep")]
     pub keep: Spanned<u64>,
@@ -772,6 +778,11 @@ fn default_update_max_bad_share() -> Spanned<f64> {
 fn default_update_min_entries() -> Spanned<u64> {
     Spanned::new(0..0, 1)
 }
+// UT1's categories grow or shrink by a few percent a day; half gone in one
+// update is a broken source, not a cleanup.
+fn default_update_min_share_of_current() -> Spanned<f64> {
+    Spanned::new(0..0, 0.5)
+}
 fn default_update_keep() -> Spanned<u64> {
     Spanned::new(0..0, 2)
 }
@@ -788,6 +799,7 @@ impl Default for RawListsUpdate {
             max_unpacked_bytes: default_update_max_unpacked_bytes(),
             max_bad_share: default_update_max_bad_share(),
             min_entries: default_update_min_entries(),
+            min_share_of_current: default_update_min_share_of_current(),
             keep: default_update_keep(),
         }
     }

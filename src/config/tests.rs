@@ -403,6 +403,7 @@ fn lists_update_urls_are_https_only_and_errors_are_located() {
 [lists_update]
 ut1_url = "http://dsi.example.fr/blacklists.tar.gz"
 max_bad_share = 1.5
+min_share_of_current = -0.1
 
 [[lists]]
 category = "gambling"
@@ -440,6 +441,7 @@ url = "ftp://lists.example/other.txt"
     };
     has(line("http://dsi.example.fr"), "plain http://");
     has(line("max_bad_share"), "between 0 and 1");
+    has(line("min_share_of_current"), "between 0 and 1");
     has(line("http://lists.example/gambling.txt"), "https:// only");
     has(
         line("https://lists.example/gambling.tar.gz"),
@@ -447,7 +449,7 @@ url = "ftp://lists.example/other.txt"
     );
     has(line("/srv/lists/abs.txt"), "relative path");
     has(line("ftp://"), "not an https:// URL");
-    assert_eq!(e.len(), 6, "{e:#?}");
+    assert_eq!(e.len(), 7, "{e:#?}");
 }
 
 #[test]
@@ -480,6 +482,7 @@ path = "own/local.txt"
     let u = &c.lists_update;
     assert_eq!(u.ut1_url.as_deref(), Some(DEFAULT_UT1_URL));
     assert_eq!(u.max_bad_share, 0.05);
+    assert_eq!(u.min_share_of_current, 0.5);
     assert_eq!(u.keep, 2);
     assert_eq!(
         u.targets

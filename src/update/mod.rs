@@ -10,7 +10,8 @@
 //! 3. verify: size limits while downloading, gzip/tar integrity and no path
 //!    traversal while unpacking, then a full snapshot built from the new set with
 //!    the same code `vigie config validate` and every reload use, and per list a
-//!    ceiling on the share of bad lines and a floor on entries;
+//!    ceiling on the share of bad lines, a floor on entries and a floor on the
+//!    share of the list in force it keeps (a list collapsed at its source);
 //! 4. install: mark the set complete, swap `current` to it (one rename), hand the
 //!    domain cache the verification built to the running process, prune old sets,
 //!    and ask the running `vigie run` to reload (`pidfile`).
@@ -529,11 +530,28 @@ impl Updater<'_> {
                 }
                 problems.push(msg);
             }
-            if !spec.optional && (entries as u64) < up.min_entries {
+            // The list in force: the set's copy, or the configured (shipped) one.
+            let before = self
+                .cfg
+                .sources
+                .get(t.source)
+                .map_or(0, |s| entry_lines(&s.path));
+            // An optional list that had entries is held to the same floors: an
+            // empty download must not silently switch it off.
+            if (!spec.optional || before > 0) && (entries as u64) < up.min_entries {
                 problems.push(format!(
                     "{origin}: refused: {} has {entries} entries, fewer than lists_update.min_entries = {}",
                     t.rel.display(),
                     up.min_entries
+                ));
+            }
+            let after = entry_lines(&spec.path);
+            if before > 0 && (after as f64) < up.min_share_of_current * before as f64 {
+                problems.push(format!(
+                    "{origin}: refused: {} would go from {before} entries to {after} ({:.1} % kept, less than lists_update.min_share_of_current = {} %); if the source really shrank, lower min_share_of_current for one update",
+                    t.rel.display(),
+                    100.0 * after as f64 / before as f64,
+                    (up.min_share_of_current * 1000.0).round() / 10.0
                 ));
             }
             out.push(ListReport {
@@ -625,6 +643,45 @@ impl Updater<'_> {
 
 fn entries(r: &SourceReport) -> usize {
     r.domains + r.urls + r.expressions + r.ips
+}
+
+/// Lines of a list source that can hold an entry (neither blank nor a comment):
+/// its file, or the entry files of a UT1 category directory; 0 when unreadable.
+/// The same cheap measure of the list in force and of its replacement, for
+/// `lists_update.min_share_of_current` (parsing the list in force again would
+/// double an update's time).
+fn entry_lines(path: &Path) -> usize {
+    use std::io::BufRead;
+    let files: Vec<PathBuf> = if path.is_dir() {
+        crate::lists::UT1_FILE_NAMES
+            .iter()
+            .filter(|n| **n != "usage")
+            .map(|n| path.join(n))
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut n = 0;
+    let mut line = Vec::new();
+    for f in files {
+        let Ok(file) = std::fs::File::open(&f) else {
+            continue;
+        };
+        let mut r = io::BufReader::new(file);
+        loop {
+            line.clear();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let l = line.trim_ascii();
+                    if !l.is_empty() && !l.starts_with(b"#") && !l.starts_with(b"!") {
+                        n += 1;
+                    }
+                }
+            }
+        }
+    }
+    n
 }
 
 /// Whether two manifests name the same URLs filling the same paths.
@@ -775,6 +832,21 @@ path = "own/local.txt"
         std::fs::write(b.join("gambling/domains"), "x.example\n").unwrap();
         std::fs::write(b.join("gambling/urls"), "").unwrap();
         assert!(!same_tree(&a, &b), "an extra file");
+    }
+
+    #[test]
+    fn entry_lines_count_what_can_be_an_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("gambling");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("domains"), "# UT1\na.example\n\n  b.example  \n").unwrap();
+        std::fs::write(dir.join("urls"), "a.example/x\n").unwrap();
+        std::fs::write(dir.join("usage"), "black\n").unwrap();
+        assert_eq!(entry_lines(&dir), 3);
+        let file = tmp.path().join("easylist.txt");
+        std::fs::write(&file, "! adblock comment\n||ads.example^\n").unwrap();
+        assert_eq!(entry_lines(&file), 1);
+        assert_eq!(entry_lines(&tmp.path().join("missing")), 0);
     }
 
     #[test]
