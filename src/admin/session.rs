@@ -41,6 +41,9 @@ const LOGIN_CSRF_COOKIE: &str = "vigie_admin_login";
 struct SessionData {
     user: String,
     groups: Vec<Arc<str>>,
+    /// The users-file entry that vouched at login (`Verified::stamp`); `None`
+    /// for a directory login.
+    stamp: Option<u64>,
     csrf: String,
     expires: Instant,
 }
@@ -52,11 +55,18 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    fn create(&self, user: &str, groups: Vec<Arc<str>>, ttl: std::time::Duration) -> String {
+    fn create(
+        &self,
+        user: &str,
+        groups: Vec<Arc<str>>,
+        stamp: Option<u64>,
+        ttl: std::time::Duration,
+    ) -> String {
         let id = layout::random_token();
         let data = Arc::new(SessionData {
             user: user.to_string(),
             groups,
+            stamp,
             csrf: layout::random_token(),
             expires: Instant::now() + ttl,
         });
@@ -226,6 +236,21 @@ impl FromRequestParts<Arc<Admin>> for Session {
         let Some(data) = admin.sessions.get(id) else {
             return Err(to_login());
         };
+        // Deleted from the users file, or a new password: the session ends with
+        // the entry that opened it.
+        if let Some(stamp) = data.stamp
+            && admin.auth.stamp(&data.user) != Some(stamp)
+        {
+            admin.sessions.remove(id);
+            admin.record(
+                Some(&data.user),
+                client_ip(parts),
+                "session_ended",
+                "/admin",
+                "users file entry changed or removed: session ended",
+            );
+            return Err(to_login());
+        }
         let roles = admin
             .store
             .load()
@@ -439,9 +464,12 @@ async fn login(
                     ),
                 );
             }
-            let id = admin
-                .sessions
-                .create(&v.user, v.groups.clone(), snap.config.admin.session);
+            let id = admin.sessions.create(
+                &v.user,
+                v.groups.clone(),
+                v.stamp,
+                snap.config.admin.session,
+            );
             let names: Vec<&str> = roles.iter().map(|(r, _)| r.as_str()).collect();
             admin.record(
                 Some(&v.user),
@@ -524,14 +552,75 @@ mod tests {
     #[test]
     fn sessions_expire_and_are_forgotten() {
         let s = Sessions::default();
-        let id = s.create("dir", Vec::new(), std::time::Duration::from_secs(60));
+        let id = s.create("dir", Vec::new(), None, std::time::Duration::from_secs(60));
         assert_eq!(s.get(&id).unwrap().user, "dir");
         assert!(s.get("nope").is_none());
-        let gone = s.create("x", Vec::new(), std::time::Duration::ZERO);
+        let gone = s.create("x", Vec::new(), None, std::time::Duration::ZERO);
         assert!(s.get(&gone).is_none());
         s.purge();
         assert_eq!(s.len(), 1);
         assert!(s.remove(&id).is_some());
         assert!(s.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_session_ends_when_its_users_file_entry_changes_or_goes() {
+        use crate::identity::users::{Credentials, delete_user, set_password};
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users");
+        for u in ["dir", "dir2"] {
+            set_password(&users, u, "pw", true, None).unwrap();
+        }
+        let (admin, mut rx) = super::super::testing::admin(
+            "default_profile = \"eleves\"\n[profiles.eleves]\n\
+             [[admin.roles]]\nuser = \"dir\"\nrole = \"director\"\n\
+             [[admin.roles]]\nuser = \"dir2\"\nrole = \"director\"\n",
+            Some(users.clone()),
+        );
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let open = |user: &'static str| {
+            let admin = admin.clone();
+            async move {
+                let Credentials::Valid(v) = admin.auth.verify(ip, user, "pw").await else {
+                    panic!("{user} cannot log in");
+                };
+                admin.sessions.create(
+                    &v.user,
+                    v.groups.clone(),
+                    v.stamp,
+                    std::time::Duration::from_secs(600),
+                )
+            }
+        };
+        let request = |id: &str| {
+            axum::http::Request::builder()
+                .uri("/admin/")
+                .header(header::COOKIE, format!("{SESSION_COOKIE}={id}"))
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        let signed_in = |id: String| {
+            let admin = admin.clone();
+            async move {
+                Session::from_request_parts(&mut request(&id), &admin)
+                    .await
+                    .is_ok()
+            }
+        };
+        let (a, b) = (open("dir").await, open("dir2").await);
+        assert!(signed_in(a.clone()).await && signed_in(b.clone()).await);
+        set_password(&users, "dir", "nouveau", false, None).unwrap();
+        assert!(
+            !signed_in(a.clone()).await,
+            "a new password ends the session"
+        );
+        assert!(signed_in(b.clone()).await, "others stay signed in");
+        delete_user(&users, "dir2").unwrap();
+        assert!(!signed_in(b.clone()).await, "a deleted user is signed out");
+        assert!(admin.sessions.is_empty(), "both forgotten");
+        let ended = super::super::testing::actions(&mut rx);
+        assert_eq!(ended.iter().filter(|a| **a == "session_ended").count(), 2);
     }
 }

@@ -250,6 +250,15 @@ pub struct Verified {
     pub profile: Option<Arc<str>>,
     /// Which backend vouched: `users_file` or `ldap`.
     pub via: &'static str,
+    /// For the users file, which version of the person's entry vouched (see
+    /// [`Authenticator::stamp`]): a session opened with it ends when the entry
+    /// changes or goes.
+    pub stamp: Option<u64>,
+}
+
+/// A users-file entry's version: its argon2 hash's, which a new password changes.
+fn stamp_of(hash: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(hash.as_bytes())
 }
 
 /// The result of checking a password.
@@ -314,6 +323,14 @@ impl Authenticator {
 
     pub fn user_count(&self) -> usize {
         self.users.load().len()
+    }
+
+    /// The current version of `user`'s entry in the users file (`None`: not in
+    /// it any more), read after a look at the file's modification time, so a
+    /// password change or a deletion by `vigie users` shows at once.
+    pub fn stamp(&self, user: &str) -> Option<u64> {
+        self.reload_if_changed(true);
+        self.users.load().get(user).map(|(hash, _)| stamp_of(hash))
     }
 
     /// Whether the users file gives someone `profile`: that profile then follows
@@ -453,12 +470,14 @@ impl Authenticator {
         let entry = self.users.load().get(user).cloned();
         let verdict = match entry {
             Some((hash, profile)) => {
+                let stamp = stamp_of(&hash);
                 let ok = self.argon2(hash, password).await;
                 ok.then(|| Verified {
                     user: Arc::from(user),
                     groups: Vec::new(),
                     profile,
                     via: "users_file",
+                    stamp: Some(stamp),
                 })
                 .ok_or(Credentials::Invalid)
             }
@@ -469,6 +488,7 @@ impl Authenticator {
                         groups: id.groups.iter().map(|g| Arc::from(g.as_str())).collect(),
                         profile: id.profile.as_deref().map(Arc::from),
                         via: "ldap",
+                        stamp: None,
                     }),
                     Err(crate::identity::ldap::LdapError::InvalidCredentials) => {
                         Err(Credentials::Invalid)
