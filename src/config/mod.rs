@@ -621,6 +621,31 @@ impl Validator<'_> {
         });
     }
 
+    /// Where the value of `path` (`["dns", "upstream_timeout_ms"]`) is written, for
+    /// errors about settings the schema does not keep `Spanned` (plain numbers,
+    /// flags, lists): read again from the text, which is cheap next to an error.
+    /// A key that is not written (a default) gives its nearest written table, or
+    /// `0..0` (line 1).
+    fn span_of(&self, path: &[&str]) -> std::ops::Range<usize> {
+        use toml::de::{DeTable, DeValue};
+        let Ok(doc) = DeTable::parse(self.text) else {
+            return 0..0;
+        };
+        let mut table = doc.get_ref();
+        let mut span = 0..0;
+        for (i, key) in path.iter().enumerate() {
+            let Some((_, value)) = table.iter().find(|(k, _)| k.get_ref() == key) else {
+                return span;
+            };
+            span = value.span();
+            match value.get_ref() {
+                DeValue::Table(t) if i + 1 < path.len() => table = t,
+                _ => break,
+            }
+        }
+        span
+    }
+
     /// serde stops at the first error, but an operator wants every unknown key at
     /// once: after each "unknown field" error the offending key/value is blanked out
     /// (spaces, newlines kept so every position stays true) and parsing resumes.
@@ -716,8 +741,11 @@ impl Validator<'_> {
             });
         }
         if categories.len() > CatSet::MAX {
+            // At the first category past the limit.
             self.error_at(
-                0..0,
+                raw.categories
+                    .get(CatSet::MAX)
+                    .map_or(0..0, |c| c.id.span()),
                 format!(
                     "too many categories ({}, at most {})",
                     categories.len(),
@@ -759,7 +787,8 @@ impl Validator<'_> {
                 }
             }
             if s.days.is_empty() {
-                self.error_at(0..0, format!("schedule \"{name}\" has no days"));
+                let at = self.span_of(&["schedules", name, "days"]);
+                self.error_at(at, format!("schedule \"{name}\" has no days"));
             }
             for t in &s.times {
                 match parse_time_range(t.get_ref()) {
@@ -1272,12 +1301,15 @@ impl Validator<'_> {
                 });
         if raw.rate_limit_qps > 0 && raw.rate_limit_burst == 0 {
             self.error_at(
-                0..0,
+                self.span_of(&["dns", "rate_limit_burst"]),
                 "dns.rate_limit_burst must be at least 1 when dns.rate_limit_qps is set",
             );
         }
         if raw.upstream_timeout_ms == 0 {
-            self.error_at(0..0, "dns.upstream_timeout_ms must be at least 1");
+            self.error_at(
+                self.span_of(&["dns", "upstream_timeout_ms"]),
+                "dns.upstream_timeout_ms must be at least 1",
+            );
         }
         DnsConfig {
             rate_limit_qps: raw.rate_limit_qps,
@@ -1306,13 +1338,16 @@ impl Validator<'_> {
             ("max_headers", raw.max_headers as u64),
         ] {
             if value == 0 {
-                self.error_at(0..0, format!("proxy.{key} must be at least 1"));
+                self.error_at(
+                    self.span_of(&["proxy", key]),
+                    format!("proxy.{key} must be at least 1"),
+                );
             }
         }
         // hyper cannot read a request head in less than this; smaller would refuse everything.
         if raw.max_header_bytes < 8192 {
             self.error_at(
-                0..0,
+                self.span_of(&["proxy", "max_header_bytes"]),
                 format!(
                     "proxy.max_header_bytes must be at least 8192 (got {})",
                     raw.max_header_bytes
@@ -1320,7 +1355,10 @@ impl Validator<'_> {
             );
         }
         if raw.connect_ports.contains(&0) {
-            self.error_at(0..0, "proxy.connect_ports: 0 is not a port");
+            self.error_at(
+                self.span_of(&["proxy", "connect_ports"]),
+                "proxy.connect_ports: 0 is not a port",
+            );
         }
         let token = |s: &str| {
             !s.is_empty()
@@ -1329,7 +1367,7 @@ impl Validator<'_> {
         };
         if !token(&raw.via_name) {
             self.error_at(
-                0..0,
+                self.span_of(&["proxy", "via_name"]),
                 format!(
                     "proxy.via_name \"{}\" must be letters, digits, '-', '.' or '_'",
                     raw.via_name
@@ -1338,7 +1376,7 @@ impl Validator<'_> {
         }
         if raw.auth_realm.contains(['"', '\\']) || raw.auth_realm.chars().any(char::is_control) {
             self.error_at(
-                0..0,
+                self.span_of(&["proxy", "auth_realm"]),
                 "proxy.auth_realm must not contain quotes, backslashes or control characters",
             );
         }
@@ -1346,7 +1384,7 @@ impl Validator<'_> {
             && !(u.starts_with("http://") || u.starts_with("https://"))
         {
             self.error_at(
-                0..0,
+                self.span_of(&["proxy", "review_url"]),
                 format!("proxy.review_url \"{u}\" must start with http:// or https://"),
             );
         }
@@ -1493,12 +1531,15 @@ impl Validator<'_> {
         if let Some(f) = &a.postgres_url_file {
             match std::fs::read_to_string(base_dir.join(f)) {
                 Ok(text) => url = Some(text.trim().to_string()),
-                Err(e) => self.error_at(0..0, format!("[audit] postgres_url_file {f}: {e}")),
+                Err(e) => self.error_at(
+                    self.span_of(&["audit", "postgres_url_file"]),
+                    format!("[audit] postgres_url_file {f}: {e}"),
+                ),
             }
         }
         if a.store == AuditStoreKind::Postgres && url.is_none() {
             self.error_at(
-                0..0,
+                self.span_of(&["audit", "store"]),
                 "[audit] store = \"postgres\" needs postgres_url or postgres_url_file",
             );
         }

@@ -533,3 +533,83 @@ path = "own/local.txt"
     assert_eq!(c.lists_set.as_deref(), Some(s.as_path()));
     assert_eq!(c.sources[0].path, s.join("ut1/gambling"));
 }
+
+/// Errors about plain settings (numbers, flags, lists) point at the value as
+/// written, like those about `Spanned` ones: never `vigie.toml:1:1`.
+#[test]
+fn plain_settings_errors_are_located_at_their_value() {
+    let text = format!(
+        r#"{BASE}
+[schedules.jamais]
+days = []
+
+[dns]
+rate_limit_burst = 0
+upstream_timeout_ms = 0
+
+[proxy]
+connect_ports = [443, 0]
+max_header_bytes = 100
+idle_timeout_ms = 0
+via_name = "a b"
+auth_realm = "x\"y"
+review_url = "ftp://x"
+
+[audit]
+store = "postgres"
+postgres_url_file = "no-such-file"
+"#
+    );
+    let e = errors(&text);
+    let at = |needle: &str| {
+        let line = text.lines().position(|l| l.starts_with(needle)).unwrap();
+        let col = text.lines().nth(line).unwrap().find(" = ").unwrap() + 4;
+        format!("vigie.toml:{}:{col}: ", line + 1)
+    };
+    let has = |needle: &str, what: &str| {
+        let prefix = at(needle);
+        assert!(
+            e.iter().any(|m| m.starts_with(&prefix) && m.contains(what)),
+            "{prefix}{what} not in {e:#?}"
+        )
+    };
+    has("days = []", "has no days");
+    has("rate_limit_burst", "rate_limit_burst must be at least 1");
+    has(
+        "upstream_timeout_ms",
+        "upstream_timeout_ms must be at least 1",
+    );
+    has("connect_ports", "0 is not a port");
+    has("max_header_bytes", "at least 8192");
+    has("idle_timeout_ms", "idle_timeout_ms must be at least 1");
+    has("via_name", "via_name");
+    has("auth_realm", "auth_realm");
+    has("review_url", "review_url");
+    has("postgres_url_file", "no-such-file");
+    has("store", "needs postgres_url");
+    assert!(
+        e.iter().all(|m| !m.starts_with("vigie.toml:1:1:")),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn too_many_categories_points_at_the_first_one_past_the_limit() {
+    let mut text = String::from("[profiles.invites]\n");
+    for i in 0..=crate::lists::CatSet::MAX {
+        text.push_str(&format!(
+            "[[categories]]\nid = \"c{i}\"\nfr = \"c\"\nen = \"c\"\n"
+        ));
+    }
+    let e = errors(&text);
+    let line = text
+        .lines()
+        .position(|l| l == format!("id = \"c{}\"", crate::lists::CatSet::MAX))
+        .unwrap()
+        + 1;
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with(&format!("vigie.toml:{line}:6: too many categories"))),
+        "{e:#?}"
+    );
+}
