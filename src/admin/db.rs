@@ -3,6 +3,13 @@
 //! What happened (who decided what) goes to the audit trail as well; this holds
 //! what is still in progress or in force. Without a data directory it lives in
 //! memory for the run.
+//!
+//! Retention: unblock requests (an address, who asked, from where, why) are
+//! personal data like the audit events, and go after the same `[audit]
+//! retention_days` ([`Db::purge_reviews`]), except an approval still in force.
+//! History requests are kept: with the audit store's access log they are the
+//! record of who read whose history and on whose approval, which must outlive the
+//! events read.
 
 use std::path::Path;
 use std::time::Duration;
@@ -305,6 +312,23 @@ impl Db {
         Ok(n == 1)
     }
 
+    /// Deletes the unblock requests made before `before`, except approvals still
+    /// in force at `now` (their grant needs them; they go once expired). Returns
+    /// how many.
+    pub fn purge_reviews(
+        &mut self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, AdminError> {
+        self.conn
+            .execute(
+                "DELETE FROM reviews WHERE created_ms < ?1
+                 AND NOT (status = 'approved' AND expires_ms > ?2)",
+                params![ms(before), ms(now)],
+            )
+            .map_err(|e| self.err(e))
+    }
+
     pub fn add_history_request(
         &mut self,
         by: &str,
@@ -367,6 +391,66 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn old_reviews_are_purged_but_grants_in_force_and_history_requests_stay() {
+        let mut db = Db::open(None).unwrap();
+        let add = |db: &mut Db, host: &str| {
+            db.add_review(&NewReview {
+                reference: "R-1",
+                url: "http://casino.example/",
+                host,
+                category: None,
+                client_ip: "10.0.0.1",
+                requester: Some("eleve1"),
+                profile: "eleves",
+                why: "travail de recherche",
+            })
+            .unwrap()
+        };
+        let now = Utc::now();
+        let (refused, pending, expired, in_force) = (
+            add(&mut db, "a.example"),
+            add(&mut db, "b.example"),
+            add(&mut db, "c.example"),
+            add(&mut db, "d.example"),
+        );
+        db.refuse(refused, "dir", "non").unwrap();
+        db.approve(expired, "dir", "user", Some("eleve1"), now)
+            .unwrap();
+        db.approve(
+            in_force,
+            "dir",
+            "user",
+            Some("eleve1"),
+            now + chrono::Duration::days(30),
+        )
+        .unwrap();
+        let h = db
+            .add_history_request("aud1", "eleve1", now, now, "plainte 2026-12 du conseil")
+            .unwrap();
+        // Nothing is older than the cut-off yet.
+        let cutoff = now - chrono::Duration::days(90);
+        assert_eq!(db.purge_reviews(cutoff, now).unwrap(), 0);
+        // 91 days later.
+        let later = now + chrono::Duration::days(91);
+        assert_eq!(
+            db.purge_reviews(later - chrono::Duration::days(90), now)
+                .unwrap(),
+            3
+        );
+        for id in [refused, pending, expired] {
+            assert!(db.review(id).unwrap().is_none(), "#{id} purged");
+        }
+        assert!(
+            db.review(in_force).unwrap().is_some(),
+            "a grant in force stays"
+        );
+        assert!(
+            db.history_request(h).unwrap().is_some(),
+            "accountability record"
+        );
+    }
 
     #[test]
     fn reviews_flow_and_second_approver_is_someone_else() {

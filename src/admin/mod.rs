@@ -101,7 +101,12 @@ pub struct Admin {
     /// The listeners, by name (the health page), set once they are bound.
     pub services: std::sync::OnceLock<Vec<(String, String)>>,
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// When [`Admin::apply_retention`] last ran.
+    last_retention: Mutex<Option<std::time::Instant>>,
 }
+
+/// How often the app's retention runs (as the audit writer's).
+const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Admin {
     /// Opens the app's database and the audit store and puts the approved unblock
@@ -151,6 +156,7 @@ impl Admin {
             notices: setup.notices,
             services: std::sync::OnceLock::new(),
             shutdown: setup.shutdown,
+            last_retention: Mutex::new(None),
         });
         review::refresh_grants_blocking(&admin)?;
         Ok(admin)
@@ -219,16 +225,63 @@ impl Admin {
         });
     }
 
-    /// Periodic upkeep: expired sessions forgotten, expired grants dropped.
+    /// Periodic upkeep: expired sessions forgotten, expired grants dropped, and
+    /// hourly (as the audit writer purges its events) the app's own personal data
+    /// past `[audit] retention_days`.
     pub async fn upkeep(self: &Arc<Self>) {
         self.sessions.purge();
+        let due = {
+            let mut last = self
+                .last_retention
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= RETENTION_EVERY);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
         let me = self.clone();
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = review::refresh_grants_blocking(&me) {
                 tracing::warn!("admin app: cannot refresh unblock grants: {e}");
             }
+            if due {
+                me.apply_retention(Utc::now());
+            }
         })
         .await;
+    }
+
+    /// Deletes what the app keeps about people past the audit retention period
+    /// (blocking): unblock requests made before it (`db::Db::purge_reviews`) and
+    /// the history notices the person has acknowledged. History requests and the
+    /// audit store's access log stay: they are the record of who read whose
+    /// history, kept for accountability.
+    pub fn apply_retention(&self, now: chrono::DateTime<Utc>) {
+        let days = self.store.load().config.audit.retention_days;
+        let before = now - chrono::Duration::days(i64::from(days));
+        let reviews = {
+            let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            db.purge_reviews(before, now)
+        };
+        match reviews {
+            Ok(n) if n > 0 => {
+                tracing::info!(
+                    purged = n,
+                    "admin retention: unblock requests before {before} deleted"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("admin retention failed: {e}"),
+        }
+        let n = self.notices.purge_seen(before);
+        if n > 0 {
+            tracing::info!(
+                purged = n,
+                "admin retention: read notices before {before} deleted"
+            );
+        }
     }
 }
 
@@ -297,5 +350,78 @@ pub(crate) mod testing {
             out.push(ev.verdict);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn upkeep_applies_retention_to_reviews_and_read_notices() {
+        let (admin, _rx) = testing::admin(
+            "default_profile = \"eleves\"\n[profiles.eleves]\n[audit]\nretention_days = 30\n",
+            None,
+        );
+        let now = Utc::now();
+        let id = admin
+            .with_db(|db| {
+                db.add_review(&db::NewReview {
+                    reference: "R-1",
+                    url: "http://casino.example/",
+                    host: "casino.example",
+                    category: None,
+                    client_ip: "10.0.0.5",
+                    requester: Some("eleve1"),
+                    profile: "eleves",
+                    why: "travail de recherche",
+                })
+            })
+            .await
+            .unwrap();
+        let notice = |seen| crate::audit::notices::Notice {
+            subject: "eleve1".into(),
+            time: now,
+            accessed_by: "verif".into(),
+            justification: "Plainte 2026-114".into(),
+            from: now,
+            to: now,
+            seen,
+        };
+        admin.notices.add(crate::audit::notices::Notice {
+            time: now - chrono::Duration::days(40),
+            ..notice(true)
+        });
+        admin.notices.add(notice(true));
+        admin.notices.add(notice(false));
+        // The upkeep runs it (the first time at once): only the notice read 40
+        // days ago is past retention.
+        admin.upkeep().await;
+        assert_eq!(
+            admin.notices.purge_seen(now - chrono::Duration::days(1)),
+            0,
+            "the upkeep dropped the old read notice"
+        );
+        assert!(
+            admin
+                .with_db(move |db| db.review(id))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // 31 days on: the request and the read notice go; the unread one stays.
+        admin.apply_retention(now + chrono::Duration::days(31));
+        assert!(
+            admin
+                .with_db(move |db| db.review(id))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(admin.notices.unseen("eleve1"), vec![notice(false)]);
+        assert_eq!(
+            admin.notices.purge_seen(now + chrono::Duration::days(31)),
+            0
+        );
     }
 }
