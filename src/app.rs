@@ -610,6 +610,15 @@ pub async fn reload(
             metrics::SNAPSHOT_BUILD_SECONDS.observe(started.elapsed().as_secs_f64());
             publish_snapshot_metrics(&next);
             let version = next.version;
+            // Accepted, but built into the running services once at start.
+            let mut later = crate::dns::restart_only_changes(&old.config, &next.config);
+            later.extend(crate::audit::restart_only_changes(
+                &old.config.audit,
+                &next.config.audit,
+            ));
+            for key in &later {
+                tracing::warn!("changed {key}: takes effect after a restart");
+            }
             let _ = store.reload(|| Ok::<_, std::convert::Infallible>(next));
             metrics::RELOAD_TOTAL.with_label_values(&["accepted"]).inc();
             tracing::info!(
@@ -618,7 +627,14 @@ pub async fn reload(
                 "reload accepted in {:?}",
                 started.elapsed()
             );
-            note_reload(true, version, format!("in {:?}", started.elapsed()));
+            let mut message = format!("in {:?}", started.elapsed());
+            if !later.is_empty() {
+                message.push_str(&format!(
+                    "; takes effect after a restart: {}",
+                    later.join(", ")
+                ));
+            }
+            note_reload(true, version, message);
             retire(old);
             true
         }

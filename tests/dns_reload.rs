@@ -261,3 +261,28 @@ fn sighup_during_the_start_is_not_fatal() {
         "vigie died after {sent} SIGHUPs during its start"
     );
 }
+
+/// A reload accepts settings the running filter only reads at start (its cache,
+/// rate limiter, upstream pool), and says so rather than ignoring them silently.
+#[test]
+fn a_reload_names_the_settings_that_wait_for_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&ut1_gambling_domain());
+    let cfg = write_config(dir.path(), "");
+    let v = Vigie::start(&cfg, &[up.addr], dir.path());
+    let accepted = v.metric("vigie_reload_total{result=\"accepted\"}");
+    write_config(dir.path(), "cache_size = 5000\nblocked_ttl = 30");
+    v.signal("HUP");
+    wait_for("the reload", Duration::from_secs(20), || {
+        v.metric("vigie_reload_total{result=\"accepted\"}") > accepted
+    });
+    wait_for("the warning", Duration::from_secs(5), || {
+        v.log_text()
+            .contains("changed dns.cache_size: takes effect after a restart")
+    });
+    let log = v.log_text();
+    assert!(
+        !log.contains("changed dns.blocked_ttl"),
+        "blocked_ttl applies at once:\n{log}"
+    );
+}

@@ -354,6 +354,26 @@ pub fn attach_store(
     Ok(())
 }
 
+/// The `[audit]` settings that differ between `old` and `new` but are read only
+/// at start (the writer's store and retention, the JSON-lines copy, the admin
+/// app's store and pseudonyms): a reload accepts them, and says they wait for a
+/// restart.
+pub fn restart_only_changes(
+    old: &crate::config::AuditSettings,
+    new: &crate::config::AuditSettings,
+) -> Vec<&'static str> {
+    [
+        ("audit.store", old.store != new.store),
+        ("audit.postgres_url", old.postgres_url != new.postgres_url),
+        ("audit.retention_days", old.retention_days != new.retention_days),
+        ("audit.jsonl", old.jsonl != new.jsonl),
+        ("audit.pseudonymize", old.pseudonymize != new.pseudonymize),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
+}
+
 /// Creates the queue and its writer. `path` is the JSON-lines file (created, then
 /// appended to); `None` logs events instead.
 pub async fn open(path: Option<&Path>) -> Result<(AuditSink, Writer), AuditError> {
@@ -1091,6 +1111,27 @@ mod tests {
         cancel.cancel();
         task.await.unwrap();
         assert_eq!(stored(&path), sent, "events dropped during the purge");
+    }
+
+    #[test]
+    fn audit_settings_read_only_at_start_are_named_when_a_reload_changes_them() {
+        let old = crate::config::AuditSettings {
+            store: crate::config::AuditStoreKind::Sqlite,
+            postgres_url: None,
+            retention_days: 90,
+            pseudonymize: false,
+            jsonl: false,
+        };
+        let new = crate::config::AuditSettings {
+            retention_days: 30,
+            jsonl: true,
+            ..old.clone()
+        };
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            vec!["audit.retention_days", "audit.jsonl"]
+        );
+        assert!(restart_only_changes(&old, &old).is_empty());
     }
 
     /// A store that cannot be opened says where and why.

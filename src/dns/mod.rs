@@ -67,6 +67,41 @@ pub fn upstream_specs(
     given.iter().map(|s| upstream::parse_spec(s)).collect()
 }
 
+/// The `[dns]` settings that differ between `old` and `new` but that the running
+/// filter reads only at start (the upstream pool, the rate limiter and the cache
+/// are built once): a reload accepts them, and says they wait for a restart.
+pub fn restart_only_changes(
+    old: &crate::config::Config,
+    new: &crate::config::Config,
+) -> Vec<&'static str> {
+    let (a, b) = (&old.dns, &new.dns);
+    [
+        ("dns.upstreams", old.dns_upstreams != new.dns_upstreams),
+        (
+            "dns.upstream_timeout_ms",
+            a.upstream_timeout != b.upstream_timeout,
+        ),
+        (
+            "dns.upstream_ca_file",
+            a.upstream_ca_file != b.upstream_ca_file,
+        ),
+        ("dns.rate_limit_qps", a.rate_limit_qps != b.rate_limit_qps),
+        (
+            "dns.rate_limit_burst",
+            a.rate_limit_burst != b.rate_limit_burst,
+        ),
+        ("dns.cache_size", a.cache_size != b.cache_size),
+        ("dns.cache_max_ttl", a.cache_max_ttl != b.cache_max_ttl),
+        (
+            "dns.cache_negative_max_ttl",
+            a.cache_negative_max_ttl != b.cache_negative_max_ttl,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
+}
+
 /// Handler options from the snapshot's `[dns]` settings and the listen address.
 pub fn handler_options(snap: &Snapshot, listen: SocketAddr) -> HandlerOptions {
     let dns = &snap.config.dns;
@@ -185,5 +220,20 @@ mod tests {
         );
         let e = snap("cache_sise = 10").err().expect("unknown key rejected");
         assert!(e.to_string().contains("cache_size"), "{e}");
+    }
+
+    #[test]
+    fn settings_read_only_at_start_are_named_when_a_reload_changes_them() {
+        let before = snap("").unwrap();
+        let after = snap(
+            "upstreams = [\"192.0.2.53\"]\nrate_limit_qps = 50\ncache_size = 10\nblocked_ttl = 5",
+        )
+        .unwrap();
+        assert_eq!(
+            restart_only_changes(&before.config, &after.config),
+            vec!["dns.upstreams", "dns.rate_limit_qps", "dns.cache_size"],
+            "blocked_ttl is read per query: it applies at once"
+        );
+        assert!(restart_only_changes(&before.config, &before.config).is_empty());
     }
 }
