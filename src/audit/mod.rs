@@ -365,7 +365,10 @@ pub fn restart_only_changes(
     [
         ("audit.store", old.store != new.store),
         ("audit.postgres_url", old.postgres_url != new.postgres_url),
-        ("audit.retention_days", old.retention_days != new.retention_days),
+        (
+            "audit.retention_days",
+            old.retention_days != new.retention_days,
+        ),
         ("audit.jsonl", old.jsonl != new.jsonl),
         ("audit.pseudonymize", old.pseudonymize != new.pseudonymize),
     ]
