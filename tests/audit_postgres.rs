@@ -89,6 +89,11 @@ fn free_port() -> u16 {
 }
 
 fn start() -> Server {
+    start_with(|_| {})
+}
+
+/// Like [`start`], with `prepare(data_dir)` run between `initdb` and the start.
+fn start_with(prepare: impl FnOnce(&Path)) -> Server {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let data = dir.path().join("data");
@@ -111,12 +116,15 @@ fn start() -> Server {
         "initdb: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    prepare(&data);
     let port = free_port();
     let child = spawn_postgres(dir.path(), port);
     Server { child, dir, port }
 }
 
 fn spawn_postgres(dir: &Path, port: u16) -> Child {
+    // TLS on when the test put a certificate in the data directory.
+    let ssl = dir.join("data/server.crt").exists();
     as_pg_user(&pg_bin("postgres"))
         .arg("-D")
         .arg(dir.join("data"))
@@ -127,6 +135,8 @@ fn spawn_postgres(dir: &Path, port: u16) -> Child {
             "listen_addresses=127.0.0.1",
             "-c",
             "fsync=off",
+            "-c",
+            if ssl { "ssl=on" } else { "ssl=off" },
             "-k",
         ])
         .arg(dir)
@@ -147,7 +157,7 @@ fn connect(server: &Server) -> PgStore {
     let url = url(server);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match PgStore::connect(&url) {
+        match PgStore::connect(&url, None) {
             Ok(s) => return s,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
@@ -171,9 +181,10 @@ fn postgres_store_conformance() {
 #[test]
 fn unreachable_server_is_a_clear_error() {
     let port = free_port();
-    let err = PgStore::connect(&format!(
-        "host=127.0.0.1 port={port} user=vigie password=hunter2 connect_timeout=2"
-    ))
+    let err = PgStore::connect(
+        &format!("host=127.0.0.1 port={port} user=vigie password=hunter2 connect_timeout=2"),
+        None,
+    )
     .err()
     .unwrap()
     .to_string();
@@ -242,6 +253,7 @@ fn the_writer_keeps_events_while_the_server_restarts() {
     let settings = vigie::config::AuditSettings {
         store: vigie::config::AuditStoreKind::Postgres,
         postgres_url: Some(url(&server)),
+        postgres_ca_file: None,
         retention_days: 90,
         pseudonymize: false,
         jsonl: false,
@@ -269,4 +281,65 @@ fn the_writer_keeps_events_while_the_server_restarts() {
     cancel.cancel();
     rt.block_on(task).unwrap();
     assert_eq!(reader.count().unwrap(), 20);
+}
+
+/// `sslmode=require`: the connection is TLS (the server says so for its own
+/// session), and the server's certificate is checked — against the board's CA
+/// given as `postgres_ca_file`; without it the same server is refused.
+#[test]
+fn the_store_speaks_tls_when_asked_and_checks_the_certificate() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "vigie test board CA");
+    let issuer = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_file = ca_dir.path().join("board-ca.pem");
+    std::fs::write(&ca_file, issuer.pem()).unwrap();
+
+    let server = start_with(|data| {
+        std::fs::write(data.join("server.crt"), cert.pem()).unwrap();
+        let key_file = data.join("server.key");
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // The server reads its key as the data directory's owner.
+        let owner = Command::new("stat")
+            .args(["-c", "%U"])
+            .arg(data)
+            .output()
+            .unwrap();
+        let owner = String::from_utf8_lossy(&owner.stdout).trim().to_string();
+        for f in ["server.crt", "server.key"] {
+            let _ = Command::new("chown").arg(&owner).arg(data.join(f)).status();
+        }
+    });
+    let url = format!("{} sslmode=require", url(&server));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut store = loop {
+        match PgStore::connect(&url, Some(&ca_file)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("no TLS connection to PostgreSQL: {e}"),
+        }
+    };
+    assert!(
+        store.session_uses_tls().unwrap(),
+        "the session is not encrypted"
+    );
+    store.insert_batch(&[event("tls.example")]).unwrap();
+    assert_eq!(store.count().unwrap(), 1);
+
+    // The same server without the board's CA: refused, and the message says why.
+    let err = PgStore::connect(&url, None).err().unwrap().to_string();
+    assert!(
+        err.to_ascii_lowercase().contains("certificate"),
+        "expected a certificate error: {err}"
+    );
 }

@@ -366,6 +366,10 @@ pub fn restart_only_changes(
         ("audit.store", old.store != new.store),
         ("audit.postgres_url", old.postgres_url != new.postgres_url),
         (
+            "audit.postgres_ca_file",
+            old.postgres_ca_file != new.postgres_ca_file,
+        ),
+        (
             "audit.retention_days",
             old.retention_days != new.retention_days,
         ),
@@ -1121,6 +1125,7 @@ mod tests {
         let old = crate::config::AuditSettings {
             store: crate::config::AuditStoreKind::Sqlite,
             postgres_url: None,
+            postgres_ca_file: None,
             retention_days: 90,
             pseudonymize: false,
             jsonl: false,

@@ -3,10 +3,12 @@
 //! (checked by the same conformance suite); synchronous, driven by the writer from
 //! a blocking thread, never from the hot path.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::AuditEvent;
 use super::store::{
@@ -58,6 +60,8 @@ pub struct PgStore {
     name: String,
     /// The connection string as configured, to connect again (never shown).
     url: String,
+    /// TLS for the connection (`sslmode=require`), kept for reconnections.
+    tls: Option<MakeRustlsConnect>,
     /// After a failed reconnection, no other is tried before this.
     retry_at: Option<Instant>,
     /// Wait after the next failed reconnection (doubles up to [`RECONNECT_MAX`]).
@@ -90,13 +94,21 @@ fn row_to_event(r: &postgres::Row) -> Result<StoredEvent, postgres::Error> {
 
 impl PgStore {
     /// Connects (`host=… port=… user=… dbname=…` or a `postgresql://` URL) and
-    /// creates the schema if needed.
-    pub fn connect(url: &str) -> Result<Self, StoreError> {
+    /// creates the schema if needed. With `sslmode=require` in the connection
+    /// string the connection is TLS and the server's certificate is verified
+    /// (system CAs plus `ca_file`, the name or address of `host`); otherwise it is
+    /// plain, which suits a Unix socket or loopback only.
+    pub fn connect(url: &str, ca_file: Option<&Path>) -> Result<Self, StoreError> {
         let name = redact(url);
-        let client = open(url).map_err(|e| pg_err(&name, e))?;
+        let tls = tls_for(url, ca_file).map_err(|message| StoreError::Postgres {
+            name: name.clone(),
+            message,
+        })?;
+        let client = open(url, tls.clone()).map_err(|e| pg_err(&name, e))?;
         Ok(PgStore {
             client,
             name,
+            tls,
             url: url.to_string(),
             retry_at: None,
             backoff: RECONNECT_MIN,
@@ -120,7 +132,7 @@ impl PgStore {
                     ),
                 });
             }
-            match open(&self.url) {
+            match open(&self.url, self.tls.clone()) {
                 Ok(c) => {
                     tracing::info!("audit store {}: reconnected", self.name);
                     self.client = c;
@@ -137,22 +149,61 @@ impl PgStore {
         Ok(&mut self.client)
     }
 
+    /// Whether the server sees this session encrypted (`pg_stat_ssl`).
+    pub fn session_uses_tls(&mut self) -> Result<bool, StoreError> {
+        let row = self
+            .client()?
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .map_err(|e| pg_err(&self.name, e))?;
+        row.try_get(0).map_err(|e| pg_err(&self.name, e))
+    }
+
     fn err(&self, e: postgres::Error) -> StoreError {
         pg_err(&self.name, e)
     }
 }
 
+/// The TLS client for `url`: one when its `sslmode` is `require`, none otherwise
+/// (`prefer`, the default, then means plain: a TLS attempt that cannot be verified
+/// would only fall back anyway).
+fn tls_for(url: &str, ca_file: Option<&Path>) -> Result<Option<MakeRustlsConnect>, String> {
+    let cfg: postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+    if cfg.get_ssl_mode() != postgres::config::SslMode::Require {
+        return Ok(None);
+    }
+    let tls = crate::tls_roots::client_config(ca_file, "audit.postgres_ca_file")?;
+    Ok(Some(MakeRustlsConnect::new(tls)))
+}
+
 /// A connection to `url` with the schema in place.
-fn open(url: &str) -> Result<Client, postgres::Error> {
-    let mut client = Client::connect(url, NoTls)?;
+fn open(url: &str, tls: Option<MakeRustlsConnect>) -> Result<Client, postgres::Error> {
+    let mut client = match tls {
+        Some(tls) => Client::connect(url, tls)?,
+        None => Client::connect(url, NoTls)?,
+    };
     client.batch_execute(SCHEMA)?;
     Ok(client)
 }
 
 fn pg_err(name: &str, e: postgres::Error) -> StoreError {
+    // The driver's message says what failed ("error performing TLS handshake"),
+    // its sources why ("invalid peer certificate: UnknownIssuer").
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
     StoreError::Postgres {
         name: name.to_string(),
-        message: e.to_string(),
+        message,
     }
 }
 

@@ -350,6 +350,7 @@ pub fn open(
     Ok(match (&settings.store, data_dir) {
         (AuditStoreKind::Postgres, _) => Some(Box::new(super::postgres::PgStore::connect(
             settings.postgres_url.as_deref().unwrap_or_default(),
+            settings.postgres_ca_file.as_deref(),
         )?)),
         (AuditStoreKind::Sqlite, Some(dir)) => {
             Some(Box::new(SqliteStore::open(&dir.join("audit.db"))?))

@@ -131,6 +131,8 @@ pub struct Profile {
 pub struct AuditSettings {
     pub store: AuditStoreKind,
     pub postgres_url: Option<String>,
+    /// Extra CAs for the PostgreSQL server's certificate (`sslmode=require`).
+    pub postgres_ca_file: Option<PathBuf>,
     pub retention_days: u32,
     /// User names appear pseudonymised in aggregate views.
     pub pseudonymize: bool,
@@ -1546,6 +1548,7 @@ impl Validator<'_> {
         AuditSettings {
             store: a.store,
             postgres_url: url,
+            postgres_ca_file: a.postgres_ca_file.as_ref().map(|f| base_dir.join(f)),
             retention_days: days,
             pseudonymize: a.pseudonymize,
             jsonl: a.jsonl,

@@ -236,6 +236,10 @@ pub struct RawAudit {
     /// File holding the connection string (so its password stays out of the config).
     #[serde(default)]
     pub postgres_url_file: Option<String>,
+    /// Extra CAs (PEM) trusted for the server's certificate when the connection
+    /// string asks for TLS (`sslmode=require`), beside the system's.
+    #[serde(default)]
+    pub postgres_ca_file: Option<String>,
     /// Days audit events are kept before they are purged.
     #[serde(default = "default_retention_days")]
     pub retention_days: Spanned<u32>,
@@ -258,6 +262,7 @@ impl Default for RawAudit {
             store: AuditStoreKind::default(),
             postgres_url: None,
             postgres_url_file: None,
+            postgres_ca_file: None,
             retention_days: default_retention_days(),
             pseudonymize: false,
             jsonl: false,
