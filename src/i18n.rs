@@ -85,6 +85,7 @@ pub enum Msg {
     ReasonProtocol,
     ReasonUnknownProfile,
     NotClient,
+    NotServed,
     Internal,
     PortNotAllowed,
     AuthRequired,
@@ -165,6 +166,10 @@ fn entry(msg: Msg) -> (&'static str, &'static str) {
         NotClient => (
             "Votre réseau n'est pas autorisé à utiliser ce mandataire.",
             "Your network may not use this proxy.",
+        ),
+        NotServed => (
+            "Votre réseau n'est pas desservi par le filtre de l'école.",
+            "Your network is not served by the school's filter.",
         ),
         Internal => (
             "Cette adresse est interne : le mandataire ne s'y connecte pas.",
@@ -250,6 +255,7 @@ mod tests {
         for m in [
             Msg::BlockedTitle,
             Msg::NotClient,
+            Msg::NotServed,
             Msg::ReasonProtocol,
             Msg::ReasonUnknownProfile,
             Msg::Loop,

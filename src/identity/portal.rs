@@ -310,7 +310,7 @@ pub fn not_client(lang: Lang) -> Response {
         StatusCode::FORBIDDEN,
         format!(
             "403 — {}\n",
-            crate::i18n::t(lang, crate::i18n::Msg::NotClient)
+            crate::i18n::t(lang, crate::i18n::Msg::NotServed)
         ),
     )
         .into_response();
@@ -589,8 +589,8 @@ mod tests {
     async fn outsiders_are_refused_in_their_language() {
         use http_body_util::BodyExt as _;
         for (lang, text) in [
-            (Lang::Fr, "Votre réseau n'est pas autorisé"),
-            (Lang::En, "Your network may not"),
+            (Lang::Fr, "Votre réseau n'est pas desservi par le filtre"),
+            (Lang::En, "Your network is not served by the school's filter"),
         ] {
             let r = not_client(lang);
             assert_eq!(r.status(), StatusCode::FORBIDDEN);
