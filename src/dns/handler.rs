@@ -690,15 +690,15 @@ fn parse_or_reject(packet: &[u8], started: Instant) -> Result<ClientQuery, Optio
     })
 }
 
-/// The rate limiter's and the TCP connection cap's key for a client: its IPv4
-/// address, or its IPv6 /64. One IPv6 host holds a whole /64 (SLAAC privacy
-/// addresses, or any address it likes): keyed per /128 it would get a fresh budget
-/// for every address it picks.
+/// The rate limiter's and the TCP connection cap's key for a client: its address
+/// (an IPv4-mapped IPv6 one as the IPv4 it is). Not its IPv6 /64, as a resolver on
+/// the internet would key a customer: on a school's LAN one /64 is every device of
+/// the segment (SLAAC), so a /64 budget would throttle the whole school for one
+/// busy laptop. A device that rotates privacy addresses gets a budget per address;
+/// outsiders get none (the client-network check comes first), and idle entries are
+/// dropped by the limiter's upkeep, so the map stays bounded by the LAN.
 pub(crate) fn rate_key(client: IpAddr) -> IpAddr {
-    match client {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
-        v4 => v4,
-    }
+    client.to_canonical()
 }
 
 /// REFUSED built from the header alone (rate-limited TCP clients: not worth a parse).
@@ -942,21 +942,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn ipv6_clients_share_a_budget_per_64() {
+    async fn ipv6_devices_of_one_lan_64_each_have_their_budget() {
         let h = handler(r#"["2001:db8::/32"]"#);
         let first: IpAddr = "2001:db8:0:1::1".parse().unwrap();
         let same_64: IpAddr = "2001:db8:0:1:ffff::2".parse().unwrap();
-        let other_64: IpAddr = "2001:db8:0:2::1".parse().unwrap();
         assert!(!limited(&h.prepare(&query(1), first, Transport::Udp)));
-        // A new address in the same /64 is the same client for the limiter.
-        assert!(limited(&h.prepare(&query(2), same_64, Transport::Udp)));
-        assert!(!limited(&h.prepare(&query(3), other_64, Transport::Udp)));
+        assert!(limited(&h.prepare(&query(2), first, Transport::Udp)));
+        // Another device of the same LAN segment (one /64) is not held back.
+        assert!(!limited(&h.prepare(&query(3), same_64, Transport::Udp)));
         assert_eq!(
-            rate_key("2001:db8:0:1:ffff::2".parse().unwrap()),
-            "2001:db8:0:1::".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            rate_key("192.0.2.7".parse().unwrap()),
+            rate_key("::ffff:192.0.2.7".parse().unwrap()),
             "192.0.2.7".parse::<IpAddr>().unwrap()
         );
     }

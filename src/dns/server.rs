@@ -34,7 +34,7 @@ const MAX_PENDING_UPSTREAM: usize = 16_384;
 pub struct TcpLimits {
     /// Simultaneous connections in all.
     pub max_connections: usize,
-    /// Simultaneous connections of one client (an IPv4 address, an IPv6 /64): a
+    /// Simultaneous connections of one client (its address, see `rate_key`): a
     /// thirty-second of the whole, so one device cannot hold every slot.
     pub per_client: usize,
     /// Queries answered on one connection before it is closed.
