@@ -590,7 +590,10 @@ mod tests {
         use http_body_util::BodyExt as _;
         for (lang, text) in [
             (Lang::Fr, "Votre réseau n'est pas desservi par le filtre"),
-            (Lang::En, "Your network is not served by the school's filter"),
+            (
+                Lang::En,
+                "Your network is not served by the school's filter",
+            ),
         ] {
             let r = not_client(lang);
             assert_eq!(r.status(), StatusCode::FORBIDDEN);
