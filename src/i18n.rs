@@ -102,6 +102,14 @@ pub enum Msg {
     Busy,
     Loop,
     NotBlockedNow,
+    RuleCategory,
+    RuleScheduled,
+    RuleScheduledWhen,
+    RuleDeny,
+    RuleBareIp,
+    RuleCircumvention,
+    RuleProtocol,
+    RuleUnknownProfile,
 }
 
 /// The text of `msg` in `lang`.
@@ -227,6 +235,37 @@ fn entry(msg: Msg) -> (&'static str, &'static str) {
         NotBlockedNow => (
             "Ce site n'est pas bloqué pour vous en ce moment : votre appareil a gardé une ancienne réponse DNS. Réessayez dans une minute.",
             "This site is not blocked for you now: your device kept an old DNS answer. Try again in a minute.",
+        ),
+        // The block page's "Rule" row: `{p}` the profile, `{c}` the category, `{n}`
+        // the rule's number, `{s}` its schedule, `{e}` the override's entry.
+        RuleCategory => (
+            "{p} : catégorie « {c} » bloquée",
+            "{p}: category “{c}” blocked",
+        ),
+        RuleScheduled => (
+            "{p} : règle {n}, « {c} » bloquée",
+            "{p}: rule {n}, “{c}” blocked",
+        ),
+        RuleScheduledWhen => (
+            "{p} : règle {n}, « {c} » bloquée pendant « {s} »",
+            "{p}: rule {n}, “{c}” blocked during “{s}”",
+        ),
+        RuleDeny => (
+            "{p} : interdit par l'école ({e})",
+            "{p}: denied by the school ({e})",
+        ),
+        RuleBareIp => (
+            "{p} : accès direct par adresse IP interdit",
+            "{p}: direct access by IP address not allowed",
+        ),
+        RuleCircumvention => (
+            "{p} : contournement du filtre (DNS chiffré)",
+            "{p}: filter circumvention (encrypted DNS)",
+        ),
+        RuleProtocol => ("{p} : protocole refusé", "{p}: protocol refused"),
+        RuleUnknownProfile => (
+            "profil inconnu : refusé par précaution",
+            "unknown profile: refused as a precaution",
         ),
         Loop => (
             "Cette adresse est celle du filtre lui-même.",

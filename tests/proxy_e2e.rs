@@ -583,10 +583,16 @@ fn proxy_http_allowed_and_blocked_with_block_page_in_both_languages() {
         "Élèves",
         "non identifié",
         "Demander une révision",
-        "eleves: block gambling",
+        // The rule in French on the page; as configured in the header (below).
+        "eleves : catégorie « Jeux d&#39;argent » bloquée",
     ] {
         assert!(page.contains(needle), "missing {needle:?} in\n{page}");
     }
+    assert!(!page.contains("block gambling"), "{page}");
+    assert_eq!(
+        fr.header("x-vigie-rule").as_deref(),
+        Some("eleves: block gambling")
+    );
     assert!(!page.contains("'onload"), "the URL must be escaped");
     assert!(page.contains("page?x=&#39;onload&amp;y=1"), "{page}");
     let reference = fr.header("x-vigie-reference").expect("reference header");
@@ -618,6 +624,7 @@ fn proxy_http_allowed_and_blocked_with_block_page_in_both_languages() {
         "Students",
         "not identified",
         "Request a review",
+        "eleves: category “Gambling” blocked",
     ] {
         assert!(page.contains(needle), "missing {needle:?} in\n{page}");
     }

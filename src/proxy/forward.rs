@@ -566,6 +566,55 @@ pub fn error_page(page: Page, lang: Lang, what: &str, log: &RequestLog) -> Respo
     pages::error_response(page.status, lang, page.reason, what, &reference)
 }
 
+/// The blocking rule in the reader's language, for the page's "Rule" row.
+fn rule_words(snap: &Snapshot, d: &policy::Decision, lang: Lang) -> String {
+    let profile = snap.config.profiles.get(d.profile as usize);
+    let p = snap.profile_name(d.profile);
+    let c = d
+        .category
+        .and_then(|c| snap.config.categories.get(c as usize))
+        .map(|c| match lang {
+            Lang::Fr => c.fr.as_str(),
+            Lang::En => c.en.as_str(),
+        })
+        .unwrap_or_else(|| d.category_name(snap));
+    let fill = |m: Msg, s: &str, n: &str, e: &str| {
+        crate::i18n::t(lang, m)
+            .replace("{p}", p)
+            .replace("{c}", c)
+            .replace("{s}", s)
+            .replace("{n}", n)
+            .replace("{e}", e)
+    };
+    match d.reason {
+        Reason::BlockedCategory => fill(Msg::RuleCategory, "", "", ""),
+        Reason::ScheduledRule(i) => {
+            let n = (i + 1).to_string();
+            let schedule = profile
+                .and_then(|p| p.rules.get(i as usize))
+                .and_then(|r| r.schedule)
+                .and_then(|s| snap.config.schedules.get(s))
+                .map(|s| s.name.as_str());
+            match schedule {
+                Some(s) => fill(Msg::RuleScheduledWhen, s, &n, ""),
+                None => fill(Msg::RuleScheduled, "", &n, ""),
+            }
+        }
+        Reason::DenyOverride(i) => {
+            let entry = profile
+                .and_then(|p| p.deny.get(i as usize))
+                .map(|o| o.to_string())
+                .unwrap_or_default();
+            fill(Msg::RuleDeny, "", "", &entry)
+        }
+        Reason::BareIp => fill(Msg::RuleBareIp, "", "", ""),
+        Reason::Circumvention => fill(Msg::RuleCircumvention, "", "", ""),
+        Reason::Signature => fill(Msg::RuleProtocol, "", "", ""),
+        Reason::Default => fill(Msg::RuleUnknownProfile, "", "", ""),
+        _ => d.rule(snap),
+    }
+}
+
 /// The reason shown on a block page for a decision.
 pub fn reason_msg(reason: Reason) -> Msg {
     match reason {
@@ -593,6 +642,7 @@ pub fn block_page(
     let now = Utc::now();
     let reference = pages::new_reference(now);
     let rule = d.rule(snap);
+    let rule_words = rule_words(snap, d, lang);
     log.reference(&reference);
     log.status(403);
     pages::block_response(
@@ -604,6 +654,7 @@ pub fn block_page(
             profile: d.profile,
             user: identity.user.as_deref(),
             rule: &rule,
+            rule_words: &rule_words,
             reason: reason_msg(d.reason),
             reference: &reference,
             time: now,

@@ -24,8 +24,11 @@ pub struct Blocked<'a> {
     pub category: Option<crate::lists::CategoryId>,
     pub profile: crate::config::ProfileId,
     pub user: Option<&'a str>,
-    /// The rule, in words.
+    /// The rule as the configuration names it (`eleves: block gambling`): the
+    /// `x-vigie-rule` header, stable for scripts.
     pub rule: &'a str,
+    /// The same in the reader's language, for the page.
+    pub rule_words: &'a str,
     /// Why, in the reader's language.
     pub reason: Msg,
     pub reference: &'a str,
@@ -140,7 +143,7 @@ pub fn block_html(snap: &Snapshot, b: &Blocked<'_>) -> String {
         Msg::FieldUser,
         b.user.unwrap_or(t(lang, Msg::Anonymous)),
     ));
-    rows.push_str(&row(Msg::FieldRule, b.rule));
+    rows.push_str(&row(Msg::FieldRule, b.rule_words));
     rows.push_str(&row(Msg::FieldTime, &time));
     rows.push_str(&format!(
         "<dt>{}</dt><dd class=\"ref\">{}</dd>",
