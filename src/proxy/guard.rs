@@ -4,10 +4,16 @@
 //!
 //! The guard only classifies addresses; the dialer applies it to every address a
 //! name resolves to, right before connecting, so DNS rebinding cannot slip past a
-//! check made earlier. It must not resolve names itself.
+//! check made earlier. It must not resolve names itself. The machine's own
+//! addresses count as loopback; in service they are read again every 30 s, as a
+//! gateway's WAN address may change (DHCP).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use crate::config::ProxyConfig;
@@ -31,9 +37,28 @@ pub struct Guard {
     allow_loopback: bool,
     /// vigie's listeners; an unspecified IP means "this port on every local address".
     own: Vec<SocketAddr>,
-    /// The machine's own addresses, for listeners bound to 0.0.0.0 / [::].
-    local: Vec<IpAddr>,
+    /// The machine's own addresses (for listeners bound to 0.0.0.0 / [::], and
+    /// refused on every port).
+    local: Arc<LocalAddrs>,
 }
+
+/// The machine's addresses, read again every [`LOCAL_REFRESH`] when asked to
+/// (a gateway's WAN address comes from DHCP and changes).
+#[derive(Debug, Default)]
+struct LocalAddrs {
+    addrs: ArcSwap<Vec<IpAddr>>,
+    /// How to read them again, and how often (`None`: a fixed list).
+    refresh: Option<(ReadAddrs, Duration)>,
+    epoch: Option<Instant>,
+    /// When they were last read, ms after `epoch`.
+    read_ms: AtomicU64,
+}
+
+/// Reads the machine's addresses ([`local_addresses`]; another in tests).
+type ReadAddrs = fn() -> Vec<IpAddr>;
+
+/// How often the machine's own addresses are read again.
+const LOCAL_REFRESH: Duration = Duration::from_secs(30);
 
 impl Guard {
     pub fn new(cfg: &ProxyConfig, own: Vec<SocketAddr>, local: Vec<IpAddr>) -> Guard {
@@ -41,18 +66,56 @@ impl Guard {
             internal: cfg.internal_networks.clone(),
             allow_loopback: cfg.allow_loopback_origins,
             own,
-            local,
+            local: Arc::new(LocalAddrs {
+                addrs: ArcSwap::from_pointee(local),
+                ..Default::default()
+            }),
         }
+    }
+
+    /// The machine's own addresses read now and again every 30 s (by the request
+    /// that finds them stale), instead of the fixed list `new` was given.
+    pub fn following_local_addresses(self) -> Guard {
+        self.following(local_addresses, LOCAL_REFRESH)
+    }
+
+    fn following(mut self, read: ReadAddrs, every: Duration) -> Guard {
+        self.local = Arc::new(LocalAddrs {
+            addrs: ArcSwap::from_pointee(read()),
+            refresh: Some((read, every)),
+            epoch: Some(Instant::now()),
+            read_ms: AtomicU64::new(0),
+        });
+        self
+    }
+
+    /// The machine's own addresses, read again first when stale (one caller
+    /// does it; the others use the list they find).
+    fn local(&self) -> Arc<Vec<IpAddr>> {
+        let l = &self.local;
+        if let (Some((read_again, every)), Some(epoch)) = (l.refresh, l.epoch) {
+            let now = epoch.elapsed().as_millis() as u64;
+            let read = l.read_ms.load(Ordering::Relaxed);
+            if now.saturating_sub(read) >= every.as_millis() as u64
+                && l.read_ms
+                    .compare_exchange(read, now, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                l.addrs.store(Arc::new(read_again()));
+            }
+        }
+        l.addrs.load_full()
     }
 
     /// Whether connecting to `addr` is refused, and why.
     pub fn check(&self, addr: SocketAddr) -> Result<(), Forbidden> {
+        let local = self.local();
         let ip = embedded_ipv4(addr.ip());
         let own = self.own.iter().any(|o| {
             o.port() == addr.port()
                 && (embedded_ipv4(o.ip()) == ip
                     || (o.ip().is_unspecified()
-                        && (ip.is_loopback() || ip.is_unspecified() || self.local.contains(&ip))))
+                        && (ip.is_loopback() || ip.is_unspecified() || local.contains(&ip))))
         });
         if own {
             return Err(Forbidden::Own);
@@ -61,8 +124,7 @@ impl Guard {
         // vigie's: a connection the proxy makes to them comes from the machine
         // itself, past the firewall rules that keep clients off its SSH, exporters
         // and other local services.
-        if is_special(ip, self.allow_loopback) || (!self.allow_loopback && self.local.contains(&ip))
-        {
+        if is_special(ip, self.allow_loopback) || (!self.allow_loopback && local.contains(&ip)) {
             return Err(Forbidden::Special);
         }
         if self.internal.iter().any(|n| n.contains(&ip)) {
@@ -202,6 +264,27 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_machines_addresses_are_followed_when_they_change() {
+        use std::sync::atomic::AtomicU8;
+        static LAST: AtomicU8 = AtomicU8::new(1);
+        fn read() -> Vec<IpAddr> {
+            vec![IpAddr::from([192, 0, 2, LAST.load(Ordering::Relaxed)])]
+        }
+        let g = Guard::new(&ProxyConfig::default(), vec![], vec![]).following(read, Duration::ZERO);
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(g.check(sa("192.0.2.1:22")), Err(Forbidden::Special));
+        // DHCP gives the gateway another address: it is refused, the old one not.
+        LAST.store(9, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(g.check(sa("192.0.2.9:22")), Err(Forbidden::Special));
+        assert_eq!(g.check(sa("192.0.2.1:22")), Ok(()));
+        // A fixed list (tests, `new`) is not read again.
+        let fixed = Guard::new(&ProxyConfig::default(), vec![], vec![ip("192.0.2.1")]);
+        assert_eq!(fixed.check(sa("192.0.2.1:22")), Err(Forbidden::Special));
+        assert_eq!(fixed.check(sa("192.0.2.9:22")), Ok(()));
     }
 
     #[test]

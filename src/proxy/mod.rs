@@ -250,7 +250,7 @@ pub async fn setup(
     own.extend(block_page.as_ref().and_then(|l| l.local_addr().ok()));
     own.extend(block_page_tls.as_ref().and_then(|l| l.local_addr().ok()));
     let dialer = Arc::new(dial::Dialer {
-        guard: guard::Guard::new(cfg, own, guard::local_addresses()),
+        guard: guard::Guard::new(cfg, own, Vec::new()).following_local_addresses(),
         connect_timeout: cfg.connect_timeout,
         resolver: setup.resolver.clone(),
         read_idle: cfg.idle_timeout,
