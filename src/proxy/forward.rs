@@ -153,7 +153,7 @@ pub async fn handle(
     // no needless escapes); policy also sees runs of `/` merged (`path`).
     let raw_pq = uri.path_and_query().map(|x| x.as_str()).unwrap_or("/");
     let pq = super::path::normalize(raw_pq).into_owned();
-    let policy_pq = super::path::for_policy(&pq).into_owned();
+    let policy_pq = super::path::for_policy(&pq);
     let literal = parse_host_ip(&host).map(canonical_ip);
     // Policy sees IP hosts in their canonical spelling, whatever the client wrote.
     let port_text = if port == default_port {
