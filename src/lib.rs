@@ -17,6 +17,7 @@ pub mod i18n;
 pub mod identity;
 pub mod lists;
 pub mod metrics;
+pub mod per_client;
 pub mod policy;
 pub mod privileges;
 pub mod proxy;

@@ -6,10 +6,9 @@
 //! `CancellationToken`; queries waiting on an upstream are tracked so shutdown can
 //! let them finish. What to answer is the handler's business, not this module's.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -21,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{Handler, Prepared, Transport};
+use crate::per_client::PerClient;
 
 /// Largest query accepted over UDP; anything longer is cut and answered FORMERR.
 const UDP_RECV_BUFFER: usize = 4096;
@@ -340,50 +340,6 @@ async fn udp_loop(
     }
 }
 
-/// Connections open per client, for [`TcpLimits::per_client`].
-#[derive(Default)]
-struct ClientSlots {
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One connection's place in [`ClientSlots`]; given back when dropped.
-struct ClientSlot {
-    slots: Arc<ClientSlots>,
-    key: IpAddr,
-}
-
-impl ClientSlots {
-    /// A slot for `key`, unless it already holds `max`.
-    fn take(self: &Arc<Self>, key: IpAddr, max: usize) -> Option<ClientSlot> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = open.entry(key).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot {
-            slots: self.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self
-            .slots
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = open.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.key);
-            }
-        }
-    }
-}
-
 async fn tcp_loop(
     listener: TcpListener,
     limits: TcpLimits,
@@ -392,7 +348,7 @@ async fn tcp_loop(
     cancel: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(limits.max_connections));
-    let per_client = Arc::new(ClientSlots::default());
+    let per_client = Arc::new(PerClient::default());
     loop {
         let permit = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -423,7 +379,7 @@ async fn tcp_loop(
             tracing::debug!(%peer, "dns tcp: not a client, closed");
             continue;
         }
-        let Some(slot) = per_client.take(super::handler::rate_key(ip), limits.per_client) else {
+        let Ok(slot) = per_client.enter(super::handler::rate_key(ip), limits.per_client) else {
             crate::metrics::DNS_TCP_REFUSED_TOTAL
                 .with_label_values(&["client_limit"])
                 .inc();

@@ -109,7 +109,7 @@ pub struct Proxy {
     via: ::http::HeaderValue,
     limit: Arc<Semaphore>,
     /// Connections per client address (`max_connections_per_client`).
-    per_client: Arc<server::PerClient>,
+    per_client: Arc<crate::per_client::PerClient>,
     /// People seen logging in on an address someone else's login holds.
     shared_logins: moka::sync::Cache<(std::net::IpAddr, Arc<str>), ()>,
     identities: Arc<IdentityTable>,

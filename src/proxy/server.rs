@@ -6,10 +6,9 @@
 //! Nothing here decides: requests go to `forward` (HTTP) and `tunnel` (CONNECT,
 //! transparent TLS).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -23,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use super::Proxy;
 use super::log::Kind;
 use crate::metrics;
+use crate::per_client::ClientSlot;
 use crate::snapshot::canonical_ip;
 
 /// How long a connection still gets, once shutdown starts, to finish its request.
@@ -70,56 +70,6 @@ pub struct Conn {
 struct Places {
     _permit: OwnedSemaphorePermit,
     _slot: Option<ClientSlot>,
-}
-
-/// How many connections each client address holds, so one device (or one
-/// attacker) cannot take every place under `max_connections` from the others.
-#[derive(Default)]
-pub struct PerClient {
-    counts: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl PerClient {
-    /// A place for `ip` if it holds fewer than `limit` (0: no cap).
-    pub fn enter(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Result<Option<ClientSlot>, ()> {
-        if limit == 0 {
-            return Ok(None);
-        }
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let n = counts.entry(ip).or_insert(0);
-        if *n >= limit {
-            return Err(());
-        }
-        *n += 1;
-        Ok(Some(ClientSlot {
-            table: self.clone(),
-            ip,
-        }))
-    }
-
-    #[cfg(test)]
-    fn held(&self, ip: IpAddr) -> usize {
-        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts.get(&ip).copied().unwrap_or(0)
-    }
-}
-
-/// One connection's place in [`PerClient`], given back on drop.
-pub struct ClientSlot {
-    table: Arc<PerClient>,
-    ip: IpAddr,
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut counts = self.table.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = counts.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.ip);
-            }
-        }
-    }
 }
 
 /// Decrements the active-connection gauge however the connection ends.
@@ -367,36 +317,9 @@ async fn serve_http<I>(
 
 #[cfg(test)]
 mod tests {
-    use std::net::IpAddr;
-    use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{PerClient, looks_like_http};
-
-    #[test]
-    fn per_client_places_are_counted_and_given_back() {
-        let t = Arc::new(PerClient::default());
-        let a: IpAddr = "10.1.2.3".parse().unwrap();
-        let b: IpAddr = "10.1.2.4".parse().unwrap();
-        let first = t.enter(a, 2).unwrap();
-        let second = t.enter(a, 2).unwrap();
-        assert!(t.enter(a, 2).is_err(), "a third place for the same address");
-        assert!(
-            t.enter(b, 2).unwrap().is_some(),
-            "another address is not held back"
-        );
-        assert_eq!(t.held(a), 2);
-        drop(first);
-        assert_eq!(t.held(a), 1);
-        let again = t.enter(a, 2).unwrap();
-        drop((second, again));
-        assert_eq!(t.held(a), 0);
-        assert!(t.counts.lock().unwrap().is_empty(), "no entry left behind");
-        assert!(
-            t.enter(a, 0).unwrap().is_none(),
-            "0: no cap, nothing counted"
-        );
-    }
+    use super::looks_like_http;
 
     #[test]
     fn http_or_another_protocol_on_port_80() {
