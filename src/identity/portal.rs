@@ -464,21 +464,40 @@ async fn login(
     }
 }
 
+/// What the portal's small forms (sign out, notices read) check first: a client
+/// address (else 403) and the form's CSRF token (else back to the portal, nothing
+/// done). The address and where to go back to. (The refusal is the response the
+/// handler returns at once, as in the admin app: not worth a box.)
+#[allow(clippy::result_large_err)]
+fn posted(
+    p: &Portal,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    csrf: &str,
+    lang: Option<&str>,
+) -> Result<(IpAddr, String), Response> {
+    let ip = canonical_ip(peer.ip());
+    let lang = lang_of(headers, lang);
+    if !is_client(p, ip) {
+        return Err(not_client(lang));
+    }
+    let back = format!("/portal?lang={}", lang.code());
+    if !csrf_ok(headers, csrf) {
+        return Err(Redirect::to(&back).into_response());
+    }
+    Ok((ip, back))
+}
+
 async fn logout(
     State(p): State<Arc<Portal>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(f): Form<LogoutForm>,
 ) -> Response {
-    let ip = canonical_ip(peer.ip());
-    let lang = lang_of(&headers, f.lang.as_deref());
-    if !is_client(&p, ip) {
-        return not_client(lang);
-    }
-    let back = format!("/portal?lang={}", lang.code());
-    if !csrf_ok(&headers, &f.csrf) {
-        return Redirect::to(&back).into_response();
-    }
+    let (ip, back) = match posted(&p, peer, &headers, &f.csrf, f.lang.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
     if let Some(b) = p.identities.unbind(ip) {
         let snap = p.store.load();
         p.audit.record(super::login_event(
@@ -502,15 +521,10 @@ async fn acknowledge(
     headers: HeaderMap,
     Form(f): Form<AckForm>,
 ) -> Response {
-    let ip = canonical_ip(peer.ip());
-    let lang = lang_of(&headers, f.lang.as_deref());
-    if !is_client(&p, ip) {
-        return not_client(lang);
-    }
-    let back = format!("/portal?lang={}", lang.code());
-    if !csrf_ok(&headers, &f.csrf) {
-        return Redirect::to(&back).into_response();
-    }
+    let (ip, back) = match posted(&p, peer, &headers, &f.csrf, f.lang.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
     if let (Some(b), Ok(until)) = (
         p.identities.get(ip, Utc::now()),
         chrono::DateTime::parse_from_rfc3339(f.until.trim()),
