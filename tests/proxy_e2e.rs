@@ -1244,24 +1244,19 @@ fn proxy_authentication_407_and_identity_in_audit() {
         Some("Basic realm=\"vigie\", charset=\"UTF-8\"")
     );
     assert!(r.text().contains("code d&#39;accès"), "{}", r.text());
+    // From the staff network that requires a login, with these credentials.
+    let as_user = |credentials: &str, url: &str| {
+        curl(
+            v.proxy,
+            &["--interface", AUTH_CLIENT, "-U", credentials, url],
+        )
+    };
     // Wrong password: 407 again.
-    let r = curl(
-        v.proxy,
-        &["--interface", AUTH_CLIENT, "-U", "alice:wrong", &url],
-    );
+    let r = as_user("alice:wrong", &url);
     assert_eq!(r.status, 407);
     // Right password: served, credentials not forwarded, user recorded.
     for _ in 0..3 {
-        let r = curl(
-            v.proxy,
-            &[
-                "--interface",
-                AUTH_CLIENT,
-                "-U",
-                "alice:motdepasse secret",
-                &url,
-            ],
-        );
+        let r = as_user("alice:motdepasse secret", &url);
         assert_eq!(r.status, 200, "{}", r.headers);
         assert_eq!(
             r.header("x-origin-saw-proxy-auth").as_deref(),
@@ -1314,15 +1309,9 @@ fn proxy_authentication_407_and_identity_in_audit() {
     let alice_before = logins("alice");
     for round in 0..3 {
         for (who, password) in [("carol", "autre secret"), ("alice", "motdepasse secret")] {
-            let r = curl(
-                v.proxy,
-                &[
-                    "--interface",
-                    AUTH_CLIENT,
-                    "-U",
-                    &format!("{who}:{password}"),
-                    &format!("{url}?who={who}&round={round}"),
-                ],
+            let r = as_user(
+                &format!("{who}:{password}"),
+                &format!("{url}?who={who}&round={round}"),
             );
             assert_eq!(r.status, 200, "{}", r.headers);
         }
@@ -1347,21 +1336,9 @@ fn proxy_authentication_407_and_identity_in_audit() {
         .collect();
     std::fs::write(dir.path().join("users"), users).unwrap();
     let bare = format!("http://127.0.0.1:{}/hello", origin.port());
-    let r = curl(
-        v.proxy,
-        &[
-            "--interface",
-            AUTH_CLIENT,
-            "-U",
-            "alice:motdepasse secret",
-            &bare,
-        ],
-    );
+    let r = as_user("alice:motdepasse secret", &bare);
     assert_eq!(r.status, 200, "staff may reach a bare IP: {}", r.headers);
-    let r = curl(
-        v.proxy,
-        &["--interface", AUTH_CLIENT, "-U", "bob:mot de passe", &bare],
-    );
+    let r = as_user("bob:mot de passe", &bare);
     assert_eq!(r.status, 403, "{}", r.headers);
     assert_eq!(
         r.header("x-vigie-rule").as_deref(),
