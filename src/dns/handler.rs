@@ -864,34 +864,50 @@ fn blocked_answer(
     answer
 }
 
+/// A handler for the module tests: the configuration `config` (no list
+/// sources), one `upstream` with its `timeout`, a small cache and `rate_limit`
+/// (qps, burst); its audit events go nowhere.
+#[cfg(test)]
+pub(crate) fn test_handler(
+    config: &str,
+    upstream: &str,
+    timeout: Duration,
+    rate_limit: Option<(NonZeroU32, NonZeroU32)>,
+) -> Handler {
+    let mut cfg = crate::config::parse(config, "t.toml", std::path::Path::new("/")).unwrap();
+    cfg.sources.clear();
+    let snap = Snapshot::build(cfg, None).unwrap_or_else(|e| panic!("{e}"));
+    let spec = super::upstream::parse_spec(upstream).unwrap();
+    let ups = Upstreams::new(vec![spec], timeout, None).unwrap();
+    let (audit, _rx) = AuditSink::channel(16);
+    Handler::new(
+        Arc::new(SnapshotStore::new(snap)),
+        ups,
+        Arc::new(IdentityTable::new()),
+        audit,
+        HandlerOptions {
+            rate_limit,
+            cache_size: 100,
+            cache_max_ttl: 3600,
+            cache_negative_max_ttl: 300,
+            ..HandlerOptions::default()
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path as FsPath;
 
     /// A handler for `client_networks`, limited to one query per second (burst 1),
     /// with an upstream it never reaches (the tests stop at `prepare`).
     fn handler(client_networks: &str) -> Handler {
-        let text = format!("client_networks = {client_networks}\n[profiles.invites]\n");
-        let mut cfg = crate::config::parse(&text, "t.toml", FsPath::new("/")).unwrap();
-        cfg.sources.clear();
-        let snap = Snapshot::build(cfg, None).unwrap_or_else(|e| panic!("{e}"));
-        let spec = super::super::upstream::parse_spec("127.0.0.1:9").unwrap();
-        let ups = Upstreams::new(vec![spec], Duration::from_secs(1), None).unwrap();
-        let (audit, _rx) = AuditSink::channel(16);
         let one = NonZeroU32::new(1).unwrap();
-        Handler::new(
-            Arc::new(SnapshotStore::new(snap)),
-            ups,
-            Arc::new(IdentityTable::new()),
-            audit,
-            HandlerOptions {
-                rate_limit: Some((one, one)),
-                cache_size: 100,
-                cache_max_ttl: 3600,
-                cache_negative_max_ttl: 300,
-                ..HandlerOptions::default()
-            },
+        test_handler(
+            &format!("client_networks = {client_networks}\n[profiles.invites]\n"),
+            "127.0.0.1:9",
+            Duration::from_secs(1),
+            Some((one, one)),
         )
     }
 

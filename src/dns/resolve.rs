@@ -153,17 +153,11 @@ fn fqdn(host: &str) -> Result<Name, ResolveError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use hickory_proto::op::{Message, OpCode};
     use hickory_proto::rr::Record;
     use hickory_proto::rr::rdata::{A, AAAA, SOA};
-
-    use crate::audit::AuditSink;
-    use crate::dns::{HandlerOptions, UpstreamSpec, Upstreams, upstream};
-    use crate::identity::IdentityTable;
-    use crate::snapshot::{Snapshot, SnapshotStore};
 
     /// A UDP upstream: `nx.test` NXDOMAIN, `slow6.test` AAAA after 400 ms, `v6only.test`
     /// no A, any other name A 192.0.2.1 and AAAA 2001:db8::1; counts queries by type.
@@ -221,24 +215,11 @@ mod tests {
     }
 
     fn handler(upstream: std::net::SocketAddr) -> Arc<Handler> {
-        let mut cfg =
-            crate::config::parse("[profiles.invites]\n", "t.toml", Path::new("/")).unwrap();
-        cfg.sources.clear();
-        let snap = Snapshot::build(cfg, None).unwrap_or_else(|e| panic!("{e}"));
-        let spec: UpstreamSpec = upstream::parse_spec(&upstream.to_string()).unwrap();
-        let ups = Upstreams::new(vec![spec], Duration::from_secs(2), None).unwrap();
-        let (audit, _rx) = AuditSink::channel(16);
-        Arc::new(Handler::new(
-            Arc::new(SnapshotStore::new(snap)),
-            ups,
-            Arc::new(IdentityTable::new()),
-            audit,
-            HandlerOptions {
-                cache_size: 100,
-                cache_max_ttl: 3600,
-                cache_negative_max_ttl: 300,
-                ..HandlerOptions::default()
-            },
+        Arc::new(super::super::handler::test_handler(
+            "[profiles.invites]\n",
+            &upstream.to_string(),
+            Duration::from_secs(2),
+            None,
         ))
     }
 

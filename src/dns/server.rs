@@ -447,12 +447,7 @@ async fn tcp_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::AuditSink;
-    use crate::dns::HandlerOptions;
-    use crate::dns::upstream::{self, Upstreams};
     use crate::dns::wire::Answer;
-    use crate::identity::IdentityTable;
-    use crate::snapshot::{Snapshot, SnapshotStore};
     use hickory_proto::op::{Message, Query, ResponseCode};
     use hickory_proto::rr::rdata::A;
     use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -460,24 +455,11 @@ mod tests {
     /// Clients 127.0.0.1 and 127.0.0.2; `b.test` A is in the cache, so answering it
     /// needs no upstream.
     fn handler() -> Arc<Handler> {
-        let text = "client_networks = [\"127.0.0.1/32\", \"127.0.0.2/32\"]\n[profiles.invites]\n";
-        let mut cfg = crate::config::parse(text, "t.toml", std::path::Path::new("/")).unwrap();
-        cfg.sources.clear();
-        let snap = Snapshot::build(cfg, None).unwrap_or_else(|e| panic!("{e}"));
-        let spec = upstream::parse_spec("127.0.0.1:9").unwrap();
-        let ups = Upstreams::new(vec![spec], Duration::from_secs(1), None).unwrap();
-        let (audit, _rx) = AuditSink::channel(16);
-        let h = Handler::new(
-            Arc::new(SnapshotStore::new(snap)),
-            ups,
-            Arc::new(IdentityTable::new()),
-            audit,
-            HandlerOptions {
-                cache_size: 100,
-                cache_max_ttl: 3600,
-                cache_negative_max_ttl: 300,
-                ..HandlerOptions::default()
-            },
+        let h = super::super::handler::test_handler(
+            "client_networks = [\"127.0.0.1/32\", \"127.0.0.2/32\"]\n[profiles.invites]\n",
+            "127.0.0.1:9",
+            Duration::from_secs(1),
+            None,
         );
         let name = Name::from_ascii("b.test.").unwrap();
         let answer = Answer {
