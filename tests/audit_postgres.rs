@@ -2,6 +2,8 @@
 //! on loopback in a temporary directory (Debian's `postgresql`, installed by
 //! `tests/run`), running the same conformance suite as the SQLite store.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -288,12 +290,7 @@ fn the_writer_keeps_events_while_the_server_restarts() {
 /// given as `postgres_ca_file`; without it the same server is refused.
 #[test]
 fn the_store_speaks_tls_when_asked_and_checks_the_certificate() {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "vigie test board CA");
-    let issuer = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    let issuer = common::board_ca();
     let key = rcgen::KeyPair::generate().unwrap();
     let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
     let cert = params.signed_by(&key, &issuer).unwrap();

@@ -25,12 +25,7 @@ struct Pki {
 }
 
 fn pki(name: &str, alpn: &[&[u8]]) -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "vigie test board CA");
-    let issuer = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    let issuer = common::board_ca();
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params =
         rcgen::CertificateParams::new(vec![name.to_string(), "127.0.0.1".to_string()]).unwrap();

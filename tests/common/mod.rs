@@ -702,6 +702,15 @@ pub fn curl(client: &str, args: &[&str]) -> Reply {
     }
 }
 
+/// A school board's own CA for tests (rcgen), able to sign server certificates.
+pub fn board_ca() -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "vigie test board CA");
+    rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
 pub fn csrf_token(html: &str) -> String {
     let at = html.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
     html[at..at + 32].to_string()
